@@ -1,0 +1,24 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "saferule_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="SafeRULE maintainers",
+    maintainer_email="maintainers@saferule.dev",
+    description="ROS 2 nodes of SafeRULE.",
+    license="Apache-2.0",
+    entry_points={"console_scripts": []},
+)
