@@ -126,7 +126,25 @@ def check_compiler() -> None:
 
 
 def pip(args: list[str], what: str) -> None:
-    run([str(VENV_PY), "-m", "pip", "--disable-pip-version-check", "--no-input", *args], what)
+    cmd = [str(VENV_PY), "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    try:
+        run([*cmd, *args], what)
+    except SetupError:
+        if not registry_reachable(cmd):
+            raise SetupError(f"{what} failed: the package registry is unreachable "
+                             f"(pip could not list ros-rclpy from its configured index); "
+                             f"full output in {LOG.name}") from None
+        raise
+
+
+def registry_reachable(pip_cmd: list[str]) -> bool:
+    """Ask the configured index for a package only the registry has (the ROS 2 wheels)."""
+    try:
+        proc = subprocess.run([*pip_cmd, "index", "versions", "ros-rclpy"], capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return False
+    return proc.returncode == 0
 
 
 def patch_safety_gymnasium() -> None:

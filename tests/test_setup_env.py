@@ -1,0 +1,66 @@
+"""Set-up fails on a missing prerequisite with one sentence naming it (tools/setup_env.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "setup_env.py"
+
+
+def load_setup_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("setup_env", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_python(tmp_path: Path, version: str) -> Path:
+    exe = tmp_path / f"python{version}"
+    exe.write_text(f"#!/bin/sh\necho {version}\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_wrong_python_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    setup_env = load_setup_module()
+    old = fake_python(tmp_path, "3.9")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("SAFERULE_PYTHON", str(old))
+    monkeypatch.setattr(setup_env.sys, "executable", str(old))
+    with pytest.raises(setup_env.SetupError, match=r"Python 3\.11 .* is required"):
+        setup_env.find_python311()
+
+
+def test_missing_compiler_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    setup_env = load_setup_module()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(setup_env.SetupError, match="C/C\\+\\+ compiler is required"):
+        setup_env.check_compiler()
+
+
+def test_failure_prints_one_sentence_not_a_traceback(tmp_path: Path) -> None:
+    """Run the real script with no compiler on PATH: one line on stderr, exit 1."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3.11").symlink_to(sys.executable)
+    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120,
+                          env={"PATH": str(bindir), "HOME": str(tmp_path)})
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "compiler is required" in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_log_diagnosis_names_unreachable_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    setup_env = load_setup_module()
+    log = tmp_path / "setup.log"
+    log.write_text("WARNING: Retrying (Retry(total=4)) after connection broken by "
+                   "'NewConnectionError(...: Failed to establish a new connection')\n")
+    monkeypatch.setattr(setup_env, "LOG", log)
+    assert setup_env.diagnose_log() == "the package registry is unreachable"
