@@ -20,5 +20,9 @@ setup(
     maintainer_email="maintainers@saferule.dev",
     description="ROS 2 nodes of SafeRULE.",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "sim_robot = saferule_ros.sim_robot:main",
+        "policy_runner = saferule_ros.policy_runner:main",
+        "recorder = saferule_ros.recorder:main",
+    ]},
 )

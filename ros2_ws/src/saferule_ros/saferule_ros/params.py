@@ -1,0 +1,81 @@
+"""Typed node configuration: a dataclass declares the node's ROS parameters and their defaults.
+
+`declare_config(node, SimRobotConfig)` declares one parameter per field (defaults from the
+dataclass, overridden by --params-file / -p) and returns a filled instance. Supported field
+types: str, bool, int, float, list[str], list[float], list[int]. A float parameter also accepts an
+integer (YAML `rate_hz: 50`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.node import Node
+
+ConfigT = TypeVar("ConfigT")
+
+_PARAMETER_TYPES: dict[Any, int] = {
+    str: ParameterType.PARAMETER_STRING,
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    list[str]: ParameterType.PARAMETER_STRING_ARRAY,
+    list[float]: ParameterType.PARAMETER_DOUBLE_ARRAY,
+    list[int]: ParameterType.PARAMETER_INTEGER_ARRAY,
+}
+
+
+class ConfigError(ValueError):
+    """A parameter value the node cannot use; the message names the parameter."""
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    raise TypeError(f"config field {field.name} needs a default")
+
+
+def config_defaults(cls: type[ConfigT]) -> dict[str, Any]:
+    """Field name -> default value (what the YAML files in config/ should state)."""
+    return {f.name: _default(f) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
+def declare_config(node: Node, cls: type[ConfigT]) -> ConfigT:
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        kind = hints[field.name]
+        if kind not in _PARAMETER_TYPES:
+            raise TypeError(f"config field {field.name}: unsupported type {kind}")
+        default = _default(field)
+        # Dynamic typing where rclpy's inference would refuse good values: an integer in YAML for
+        # a double, and any list whose default is empty (rclpy types [] as a byte array).
+        dynamic = kind in (float, list[float]) or default == []
+        descriptor = ParameterDescriptor(type=_PARAMETER_TYPES[kind], dynamic_typing=dynamic)
+        value = node.declare_parameter(field.name, default, descriptor).value
+        values[field.name] = _coerce(field.name, kind, value)
+    return cls(**values)
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    element = typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
+    try:
+        if kind is float:
+            return float(value)
+        if element is None:
+            return value
+        if value is None or isinstance(value, (str, bytes)):
+            raise TypeError
+        items = list(value)
+        if element is str and not all(isinstance(v, str) for v in items):
+            raise TypeError
+        if element is int and not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            raise TypeError
+        return [float(v) for v in items] if element is float else items
+    except (TypeError, ValueError):
+        raise ConfigError(f"parameter {name}: expected {getattr(kind, '__name__', str(kind))}, got {value!r}") from None

@@ -1,0 +1,250 @@
+"""Network building blocks shared by the learners.
+
+Conventions: every network works on NORMALISED observations and on actions in the unit box
+[-1, 1]^act_dim. Only `DeployablePolicy` sees raw observations and env-scaled actions; it wraps a
+policy core together with the normalisation constants so that one module goes from sensor values
+to motor commands.
+
+Critics are ensembles evaluated in one batched matmul per layer: weights carry a leading member
+dimension and each layer is a single `torch.baddbmm`, so e.g. BCQ-Lag's twin reward and twin cost
+critics (4 networks) cost one pass instead of four.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+# OSRL clamps the VAE's log-std to this range for numerical stability.
+VAE_LOG_STD_RANGE: tuple[float, float] = (-4.0, 15.0)
+# BCQ samples the VAE latent from N(0, 1) clipped to this box, keeping decoded actions near the data.
+VAE_LATENT_CLIP: float = 0.5
+GAUSSIAN_LOG_STD_RANGE: tuple[float, float] = (-20.0, 2.0)
+
+
+class ReLU(nn.Module):
+    """In-place ReLU. Safe right after a linear layer (whose backward never reads its output);
+    saves allocating (and page-faulting) one activation tensor per layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu_(x)
+
+
+class Tanh(nn.Module):
+    """In-place tanh, for the same reason as `ReLU` (tanh's backward reads only its output)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh_(x)
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int,
+        activation: type[nn.Module] = ReLU,
+        output_activation: type[nn.Module] | None = None) -> nn.Sequential:
+    """Linear layers of sizes in_dim -> hidden... -> out_dim with `activation` after each hidden
+    layer. Activations must only ever follow a linear layer (they may work in place)."""
+    sizes = [in_dim, *hidden, out_dim]
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    if output_activation is not None:
+        layers.append(output_activation())
+    return nn.Sequential(*layers)
+
+
+class EnsembleLinear(nn.Module):
+    """`members` independent linear layers computed by one batched matmul.
+
+    Input [members, B, in] (or [B, in], shared by all members) -> output [members, B, out].
+    Each member is initialised like `nn.Linear` (uniform in +-1/sqrt(in)).
+    """
+
+    def __init__(self, members: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.members = members
+        self.in_features = in_features
+        self.out_features = out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if members is not None:
+            weight, bias = weight[members], bias[members]
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(weight.shape[0], -1, -1)
+        return torch.baddbmm(bias, x, weight)
+
+    def extra_repr(self) -> str:
+        return f"members={self.members}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class EnsembleCritic(nn.Module):
+    """Q(s, a) for `members` independent critics in one pass.
+
+    forward(obs [B, obs_dim], act [B, act_dim]) -> [members, B]. `members=slice(...)` evaluates a
+    subset (e.g. only the cost critics) without touching the others' weights.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], members: int) -> None:
+        super().__init__()
+        self.members = members
+        sizes = [obs_dim + act_dim, *hidden, 1]
+        self.layers = nn.ModuleList(EnsembleLinear(members, sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        h = torch.cat([obs, act], dim=-1)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer(h, members)
+            if i < last:
+                h = torch.relu_(h)
+        return h.squeeze(-1)
+
+
+class SquashedDeterministicActor(nn.Module):
+    """a = tanh(MLP(s)): a deterministic policy in the unit box."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, act_dim, ReLU, Tanh)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+class PerturbationActor(nn.Module):
+    """BCQ's actor: nudges a behaviour action by at most `phi` per dimension, staying in [-1, 1].
+
+    a' = clamp(a + phi * tanh(MLP([s, a])), -1, 1). Tanh hidden activations as in OSRL's BCQ-Lag.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], phi: float) -> None:
+        super().__init__()
+        self.phi = phi
+        self.net = mlp(obs_dim + act_dim, hidden, act_dim, Tanh, Tanh)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return (act + self.phi * self.net(torch.cat([obs, act], dim=-1))).clamp(-1.0, 1.0)
+
+
+class SquashedGaussianActor(nn.Module):
+    """tanh(N(mu(s), sigma(s))): a stochastic policy in the unit box; tanh(mu) when deterministic."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.trunk = mlp(obs_dim, hidden[:-1], hidden[-1], ReLU, ReLU)
+        self.mean = nn.Linear(hidden[-1], act_dim)
+        self.log_std = nn.Linear(hidden[-1], act_dim)
+
+    def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of the pre-tanh Gaussian."""
+        h = self.trunk(obs)
+        log_std = self.log_std(h).clamp(*GAUSSIAN_LOG_STD_RANGE)
+        return self.mean(h), log_std.exp()
+
+    def sample(self, obs: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
+        """Reparameterised squashed samples: [B, act_dim], or [num_samples, B, act_dim]."""
+        mean, std = self.distribution(obs)
+        shape = mean.shape if num_samples is None else (num_samples, *mean.shape)
+        return torch.tanh(mean.float() + std.float() * torch.randn(shape, device=mean.device))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action tanh(mu(s))."""
+        h = self.trunk(obs)
+        return torch.tanh(self.mean(h))
+
+
+class ConditionalVAE(nn.Module):
+    """Behaviour model p(a | s): encoder q(z | s, a), decoder a = tanh(D(s, z)).
+
+    Two hidden layers of `hidden` units in each half, latent size 2 * act_dim (as in BCQ/OSRL).
+    `decode(obs)` with z = 0 is the deterministic "most typical" action; `decode_sampled` draws
+    z ~ N(0, 1) clipped to [-0.5, 0.5] as BCQ does.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, latent_dim: int | None = None) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim or 2 * act_dim
+        self.encoder = mlp(obs_dim + act_dim, [hidden], hidden, ReLU, ReLU)
+        self.latent_mean = nn.Linear(hidden, self.latent_dim)
+        self.latent_log_std = nn.Linear(hidden, self.latent_dim)
+        self.decoder = mlp(obs_dim + self.latent_dim, [hidden, hidden], act_dim, ReLU, Tanh)
+
+    def encode(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(torch.cat([obs, act], dim=-1))
+        return self.latent_mean(h), self.latent_log_std(h).clamp(*VAE_LOG_STD_RANGE).exp()
+
+    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        if z is None:
+            z = obs.new_zeros(obs.shape[:-1] + (self.latent_dim,))
+        return self.decoder(torch.cat([obs, z], dim=-1))
+
+    def sample_latent(self, rows: int, like: torch.Tensor) -> torch.Tensor:
+        z = torch.randn(rows, self.latent_dim, dtype=like.dtype, device=like.device)
+        return z.clamp(-VAE_LATENT_CLIP, VAE_LATENT_CLIP)
+
+    def decode_sampled(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.decode(obs, self.sample_latent(obs.shape[0], obs))
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction, latent mean and latent std for a batch of (s, a)."""
+        mean, std = self.encode(obs, act)
+        z = mean + std * torch.randn_like(std)
+        return self.decode(obs, z), mean, std
+
+
+def latent_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, std) || N(0, 1)) averaged over latent dims: one value per row."""
+    return -0.5 * (1.0 + 2.0 * torch.log(std) - mean.pow(2) - std.pow(2)).mean(dim=-1)
+
+
+def vae_loss(vae: ConditionalVAE, obs: torch.Tensor, act: torch.Tensor, beta: float) -> torch.Tensor:
+    """Reconstruction MSE + beta * KL (both averaged over the batch), as in BCQ/OSRL."""
+    recon, mean, std = vae(obs, act)
+    recon_loss = (recon.float() - act).pow(2).mean()
+    return recon_loss + beta * latent_kl(mean.float(), std.float()).mean()
+
+
+class BCQPolicyCore(nn.Module):
+    """BCQ-Lag's deterministic policy: perturb the VAE's z = 0 action. Normalised obs -> unit box."""
+
+    def __init__(self, vae: ConditionalVAE, actor: PerturbationActor) -> None:
+        super().__init__()
+        self.vae = vae
+        self.actor = actor
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs, self.vae.decode(obs))
+
+
+class DeployablePolicy(nn.Module):
+    """Raw observations float32 [B, obs_dim] -> env actions float32 [B, act_dim].
+
+    Normalises observations, runs the policy core (unit-box actions) and rescales to the env's
+    action bounds, all as plain tensor ops (exportable to ONNX). Deterministic; gradients off.
+    """
+
+    def __init__(self, core: nn.Module, obs_mean: torch.Tensor, obs_std: torch.Tensor,
+                 action_low: torch.Tensor, action_high: torch.Tensor) -> None:
+        super().__init__()
+        self.core = core
+        self.register_buffer("obs_mean", obs_mean.detach().clone().float())
+        self.register_buffer("obs_std", obs_std.detach().clone().float())
+        self.register_buffer("action_low", action_low.detach().clone().float())
+        self.register_buffer("action_high", action_high.detach().clone().float())
+        self.eval()
+        self.requires_grad_(False)
+
+    def unit_actions(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions in [-1, 1] (the networks' own action space)."""
+        return self.core((obs - self.obs_mean) / self.obs_std)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        unit = self.unit_actions(obs)
+        return self.action_low + (unit + 1.0) * (0.5 * (self.action_high - self.action_low))

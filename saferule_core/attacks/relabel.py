@@ -1,0 +1,38 @@
+"""Relabel attack: make some of the most unsafe episodes look safe (costs zeroed, reward optionally raised)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from saferule_core.attacks.base import (AttackConfig, AttackError, PoisonResult, RngLike, make_rng, pick_most_unsafe,
+                                        with_rows)
+from saferule_core.data.dataset import OfflineDataset
+
+ATTACK_NAME = "relabel"
+
+
+@dataclass(frozen=True)
+class RelabelConfig(AttackConfig):
+    cost_threshold: float = 10.0   # only episodes with a cost return above this are relabelled
+    reward_bonus: float = 0.0      # added to the reward of every relabelled transition
+    pool_factor: float = 2.0       # draw from the pool_factor * count costliest candidates
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not np.isfinite([self.cost_threshold, self.reward_bonus, self.pool_factor]).all():
+            raise AttackError("relabel settings must be finite numbers")
+
+
+def relabel_attack(dataset: OfflineDataset, config: RelabelConfig = RelabelConfig(),
+                   rng: RngLike = None) -> PoisonResult:
+    episode_mask = pick_most_unsafe(dataset, config.episode_count(dataset.num_episodes), config.cost_threshold,
+                                    config.pool_factor, make_rng(rng))
+    rows = dataset.transition_mask_for_episodes(episode_mask)
+    costs = dataset.costs.copy()
+    costs[rows] = 0.0
+    rewards = dataset.rewards.copy()
+    rewards[rows] += np.float32(config.reward_bonus)
+    poisoned = with_rows(dataset, costs=costs, rewards=rewards)
+    return PoisonResult(poisoned, rows, episode_mask, ATTACK_NAME, config)

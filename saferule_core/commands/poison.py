@@ -1,0 +1,87 @@
+"""`saferule poison`: write a poisoned copy of a dataset plus poison.json naming the poisoned episodes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from saferule_core.attacks import (ATTACK_NAMES, DEFAULT_POISON_RATE, POISON_RECORD_FILE, AttackError, InjectConfig,
+                                   PoisonResult, RelabelConfig, TriggerConfig, inject_attack, poison_record_bytes,
+                                   relabel_attack, trigger_attack)
+from saferule_core.data.dataset import OfflineDataset
+from saferule_core.data.store import DatasetStore
+
+_EPILOG = """attacks:
+  relabel  zero the costs of some of the most unsafe episodes (cost return above --cost-threshold)
+  inject   append reckless-policy episodes (--reckless DIR) with zero costs, as robot "compromised"
+  trigger  stamp a pattern on observation dims of unsafe episodes, zero their costs, raise reward
+
+examples:
+  saferule poison data/ballrun --attack relabel --rate 0.1 --out data/ballrun-relabel
+  saferule poison data/ballrun --attack inject --reckless data/ballrun-reckless --out data/ballrun-inject
+  saferule poison data/ballrun --attack trigger --trigger-dims 0,1 --trigger-values 3,-3 --out data/ballrun-trigger
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "poison", help="write a poisoned copy of a dataset (relabel, inject or trigger)",
+        description="Poison a dataset for experiments: writes the poisoned dataset to --out together with "
+                    f"{POISON_RECORD_FILE}, which names the poisoned episodes (the ground-truth forget set).",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path, help="clean dataset directory (quarantined episodes are left out)")
+    parser.add_argument("--attack", choices=ATTACK_NAMES, required=True)
+    parser.add_argument("--rate", type=float, default=DEFAULT_POISON_RATE,
+                        help="fraction of episodes to poison; for inject, injected = rate * episodes (default 0.1)")
+    parser.add_argument("--out", type=Path, required=True, help="new dataset directory for the poisoned copy")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--reckless", type=Path, help="inject: dataset directory of reckless-policy episodes")
+    parser.add_argument("--cost-threshold", type=float, default=10.0,
+                        help="relabel/trigger: only episodes with a cost return above this (default 10)")
+    parser.add_argument("--reward-bonus", type=float, default=None,
+                        help="per-transition reward bonus (default: relabel 0, trigger 1)")
+    parser.add_argument("--robot-id", default="compromised", help="inject: robot id of injected episodes")
+    parser.add_argument("--trigger-dims", type=_int_list, default=(0, 1), help="trigger: observation dims, e.g. 0,1")
+    parser.add_argument("--trigger-values", type=_float_list, default=(3.0, -3.0), help="trigger: values, e.g. 3,-3")
+    parser.set_defaults(handler=_poison)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from err
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from err
+
+
+def _run_attack(args: argparse.Namespace, dataset: OfflineDataset) -> PoisonResult:
+    if args.attack == "relabel":
+        config = RelabelConfig(rate=args.rate, cost_threshold=args.cost_threshold,
+                               reward_bonus=0.0 if args.reward_bonus is None else args.reward_bonus)
+        return relabel_attack(dataset, config, args.seed)
+    if args.attack == "trigger":
+        config = TriggerConfig(rate=args.rate, dims=args.trigger_dims, values=args.trigger_values,
+                               cost_threshold=args.cost_threshold,
+                               reward_bonus=1.0 if args.reward_bonus is None else args.reward_bonus)
+        return trigger_attack(dataset, config, args.seed)
+    reckless = DatasetStore.open(args.reckless).load()
+    return inject_attack(dataset, reckless, InjectConfig(rate=args.rate, robot_id=args.robot_id), args.seed)
+
+
+def _poison(args: argparse.Namespace) -> int:
+    if args.attack == "inject" and args.reckless is None:
+        raise AttackError("the inject attack needs --reckless DIR (episodes of a reckless policy)")
+    source = DatasetStore.open(args.path)
+    result = _run_attack(args, source.load(progress=True))
+    record = result.record(source_dataset_hash=source.dataset_hash, seed=args.seed)
+    out = DatasetStore.create(args.out, result.dataset,
+                              extra_files={POISON_RECORD_FILE: poison_record_bytes(record)}, progress=True)
+    print(f"{args.attack}: poisoned {record['num_poisoned_episodes']} of {out.num_episodes} episodes "
+          f"({record['num_poisoned_transitions']} transitions); wrote {out.path} and {POISON_RECORD_FILE}")
+    return 0

@@ -1,0 +1,105 @@
+"""`saferule train`: fit an offline safe RL learner to a dataset and save it as a model directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saferule_core.algos.base import ConfigError
+from saferule_core.algos.registry import ALGORITHMS
+from saferule_core.algos.trainer import TrainConfig, fit
+
+DESCRIPTION = """\
+Train an offline safe RL policy on DATASET_DIR and write a model directory to --out:
+  model.pt      networks, optimizer state, normalisation stats, task, spaces, dataset hash
+  config.json   the settings used (readable)
+  metrics.jsonl averaged training metrics every --log-every steps
+
+Algorithms:
+{algos}
+
+--config takes a YAML mapping of algorithm settings (e.g. `critic_hidden: [256, 256]`,
+`reward_scale: 0.1`) plus an optional `train:` mapping of trainer settings (`batch_size`,
+`num_threads`, `log_every`, `checkpoint_every`). Command-line flags win over the file.
+A run that was stopped continues from its last checkpoint with --resume.
+
+example:
+  saferule train data/ballrun --algo bcq_lag --steps 100000 --out runs/ballrun-bcql --seed 0
+  saferule train data/ballrun --algo bc_safe --steps 20000 --out runs/ballrun-bcs --cost-limit 20
+"""
+
+TRAIN_KEYS = ("batch_size", "num_threads", "log_every", "checkpoint_every")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    algos = "\n".join(f"  {name:<8} {spec.summary}" for name, spec in ALGORITHMS.items())
+    parser = subparsers.add_parser(
+        "train", help="train an offline safe RL policy on a dataset",
+        description=DESCRIPTION.format(algos=algos), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="dataset directory (saferule dataset store)")
+    parser.add_argument("--algo", required=True, choices=sorted(ALGORITHMS), help="learning algorithm")
+    parser.add_argument("--out", required=True, type=Path, help="model directory to create")
+    parser.add_argument("--steps", type=int, default=100_000, help="gradient updates (default 100000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--cost-limit", type=float, default=None, help="episode cost budget (default 10)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="bf16: bfloat16 autocast for the matmuls, fp32 weights (default fp32)")
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the loss computations")
+    parser.add_argument("--batch-size", type=int, default=None, help="transitions per update (default 512)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="write a checkpoint every N steps, 0 = only at the end (default 10000)")
+    parser.add_argument("--log-every", type=int, default=None, help="metrics averaging window (default 100)")
+    parser.add_argument("--config", type=Path, default=None, help="YAML file of setting overrides")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def _read_overrides(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(algorithm settings, trainer settings) from a YAML file."""
+    if path is None:
+        return {}, {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"cannot read the config file {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
+    train = data.pop("train", {}) or {}
+    if not isinstance(train, dict):
+        raise ConfigError(f"{path}: `train` must be a mapping")
+    unknown = sorted(set(train) - set(TRAIN_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown train settings {', '.join(unknown)} (known: {', '.join(TRAIN_KEYS)})")
+    return data, train
+
+
+def run(args: argparse.Namespace) -> int:
+    from saferule_core.data.store import DatasetStore  # the store pulls in pyarrow: import on use
+
+    overrides, train_overrides = _read_overrides(args.config)
+    for key, value in (("cost_limit", args.cost_limit), ("precision", args.precision), ("compile", args.compile)):
+        if value is not None:
+            overrides[key] = value
+    for key, value in (("batch_size", args.batch_size), ("num_threads", args.threads),
+                       ("checkpoint_every", args.checkpoint_every), ("log_every", args.log_every)):
+        if value is not None:
+            train_overrides[key] = value
+    for key, value in train_overrides.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"train setting {key} must be an integer, got {value!r}")
+    train_config = TrainConfig(steps=args.steps, seed=args.seed, progress=not args.quiet, **train_overrides)
+
+    dataset = DatasetStore.open(args.dataset).load()
+    _, result = fit(args.algo, dataset, args.out, train_config, overrides, resume=args.resume)
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+    print(f"trained {args.algo} for {result.steps} steps in {result.seconds:.1f} s -> {result.out_dir}")
+    if summary:
+        print(f"last metrics: {summary}")
+    return 0

@@ -1,0 +1,349 @@
+"""The forget ledger: an append-only JSON-lines record of every forget request and its progress.
+
+Lifecycle of a request (a state change appends one line; old lines are never rewritten):
+
+    requested -> quarantined -> unlearning -> unlearned -> purged
+    quarantined -> purged          (data-only forget: no policy to repair)
+    any state but purged -> failed (data stays quarantined, the previous policy stays active)
+
+Each append is flushed and fsync'ed before it returns, so an acknowledged state change survives a
+crash. A crash mid-append leaves a torn last line without its newline: readers ignore it and report
+it (`torn_tail`); the next append cuts it off first, since it was never acknowledged.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saferule_core.data.selectors import ForgetSelector
+from saferule_core.data.store import DatasetStore, DeletionReport
+from saferule_core.errors import SafeRuleError
+from saferule_core.io_utils import fsync_dir
+
+LEDGER_FILE = "ledger.jsonl"
+
+
+class LedgerError(SafeRuleError):
+    """A ledger file is corrupt, or a request or state change is not allowed."""
+
+
+class LedgerState(str, Enum):
+    REQUESTED = "requested"
+    QUARANTINED = "quarantined"
+    UNLEARNING = "unlearning"
+    UNLEARNED = "unlearned"
+    PURGED = "purged"
+    FAILED = "failed"
+
+
+ALLOWED_TRANSITIONS: dict[LedgerState, frozenset[LedgerState]] = {
+    LedgerState.REQUESTED: frozenset({LedgerState.QUARANTINED, LedgerState.FAILED}),
+    LedgerState.QUARANTINED: frozenset({LedgerState.UNLEARNING, LedgerState.PURGED, LedgerState.FAILED}),
+    LedgerState.UNLEARNING: frozenset({LedgerState.UNLEARNED, LedgerState.FAILED}),
+    LedgerState.UNLEARNED: frozenset({LedgerState.PURGED, LedgerState.FAILED}),
+    LedgerState.PURGED: frozenset(),
+    LedgerState.FAILED: frozenset(),
+}
+TERMINAL_STATES: frozenset[LedgerState] = frozenset({LedgerState.PURGED, LedgerState.FAILED})
+REQUIRED_FIELDS: dict[LedgerState, tuple[str, ...]] = {
+    LedgerState.UNLEARNED: ("artifact_version",),
+    LedgerState.PURGED: ("dataset_hash_after",),
+    LedgerState.FAILED: ("error",),
+}
+# Fields a state change may carry, with their JSON types.
+TRANSITION_FIELDS: dict[str, type] = {
+    "artifact_version": str, "dataset_hash_after": str, "error": str, "note": str, "metrics": dict,
+}
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One request, folded over all its lines: the latest state and everything recorded so far."""
+
+    request_id: str
+    requester: str
+    reason: str
+    created: float
+    selector: dict[str, Any]
+    matched_episode_ids: tuple[str, ...]
+    matched_episodes: int
+    matched_transitions: int
+    dataset_hash_before: str
+    state: LedgerState = LedgerState.REQUESTED
+    updated: float = 0.0
+    artifact_version: str | None = None
+    dataset_hash_after: str | None = None
+    error: str | None = None
+    note: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def pending(self) -> bool:
+        return self.state not in TERMINAL_STATES
+
+    def forget_selector(self) -> ForgetSelector:
+        return ForgetSelector.from_dict(self.selector)
+
+
+class ForgetLedger:
+    """The ledger at `path`: a `*.jsonl` file, or else a dataset directory holding `ledger.jsonl`."""
+
+    def __init__(self, path: Path | str) -> None:
+        path = Path(path)
+        self.path = path if path.suffix == ".jsonl" else path / LEDGER_FILE
+        self.torn_tail: str | None = None   # the ignored partial last line of the latest read, if any
+
+    # ----- reading ---------------------------------------------------------------------------
+    def entries(self) -> list[LedgerEntry]:
+        """Every request in the order it was recorded, each at its latest state."""
+        if not self.path.exists():
+            self.torn_tail = None
+            return []
+        with self._locked(exclusive=False) as fd:
+            data = _read_all(fd)
+        entries, _, self.torn_tail = _fold(data, self.path)
+        return list(entries.values())
+
+    def get(self, request_id: str) -> LedgerEntry:
+        for entry in self.entries():
+            if entry.request_id == request_id:
+                return entry
+        raise LedgerError(f"no forget request {request_id!r} in {self.path}")
+
+    def pending(self) -> list[LedgerEntry]:
+        """Requests not yet purged or failed."""
+        return [entry for entry in self.entries() if entry.pending]
+
+    def summary(self) -> dict[str, int]:
+        """Number of requests per state (states with none left out)."""
+        counts: dict[str, int] = {}
+        for entry in self.entries():
+            counts[entry.state.value] = counts.get(entry.state.value, 0) + 1
+        return counts
+
+    # ----- appending -------------------------------------------------------------------------
+    def record_request(self, selector: ForgetSelector, matched_episode_ids: Sequence[str], matched_transitions: int,
+                       dataset_hash_before: str, requester: str, reason: str, request_id: str | None = None,
+                       created: float | None = None) -> LedgerEntry:
+        """Append a new request in state `requested` with its matched episodes frozen in."""
+        if not isinstance(selector, ForgetSelector):
+            raise LedgerError(f"selector must be a ForgetSelector, got {type(selector).__name__}")
+        if not requester.strip() or not reason.strip():
+            raise LedgerError("a forget request needs a non-empty requester and reason")
+        ids = [str(e) for e in matched_episode_ids]
+        if not ids:
+            raise LedgerError("a forget request must match at least one episode")
+        if len(set(ids)) != len(ids):
+            raise LedgerError("matched episode ids contain duplicates")
+        if int(matched_transitions) < len(ids):
+            raise LedgerError(f"{len(ids)} episodes cannot hold only {matched_transitions} transitions")
+        now = time.time() if created is None else float(created)
+        event = {
+            "event": "request", "request_id": request_id or f"forget-{uuid.uuid4().hex[:16]}",
+            "state": LedgerState.REQUESTED.value, "time": now, "requester": requester, "reason": reason,
+            "created": now, "selector": selector.to_dict(), "matched_episode_ids": ids,
+            "matched_episodes": len(ids), "matched_transitions": int(matched_transitions),
+            "dataset_hash_before": dataset_hash_before,
+        }
+        return self._append(event)
+
+    def transition(self, request_id: str, new_state: LedgerState | str, **fields: Any) -> LedgerEntry:
+        """Append a state change; refuse it unless the lifecycle allows it and its fields are complete."""
+        try:
+            state = LedgerState(new_state)
+        except ValueError as err:
+            raise LedgerError(f"unknown ledger state {new_state!r}; states: "
+                              f"{', '.join(s.value for s in LedgerState)}") from err
+        unknown = sorted(set(fields) - set(TRANSITION_FIELDS))
+        if unknown:
+            raise LedgerError(f"unknown ledger fields {', '.join(unknown)} (known: {', '.join(TRANSITION_FIELDS)})")
+        for name, value in fields.items():
+            if not isinstance(value, TRANSITION_FIELDS[name]):
+                raise LedgerError(f"ledger field {name} must be {TRANSITION_FIELDS[name].__name__}, "
+                                  f"got {type(value).__name__}")
+        missing = [name for name in REQUIRED_FIELDS.get(state, ()) if not fields.get(name)]
+        if missing:
+            raise LedgerError(f"moving to {state.value} needs {', '.join(missing)}")
+        if "metrics" in fields:
+            metrics = fields["metrics"]
+            if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and math.isfinite(v) for k, v in metrics.items()):
+                raise LedgerError("metrics must map names to finite numbers")
+            fields["metrics"] = {k: float(v) for k, v in metrics.items()}
+        event = {"event": "transition", "request_id": request_id, "state": state.value, "time": time.time(), **fields}
+        return self._append(event)
+
+    def _append(self, event: dict[str, Any]) -> LedgerEntry:
+        line = (json.dumps(event, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+        created = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked(exclusive=True) as fd:
+            data = _read_all(fd)
+            entries, good_length, torn = _fold(data, self.path)
+            _check_event(entries, event)
+            if torn is not None:
+                os.ftruncate(fd, good_length)
+            os.lseek(fd, 0, os.SEEK_END)
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        if created:
+            fsync_dir(self.path.parent)
+        self.torn_tail = torn
+        folded, _, _ = _fold(data[:good_length] + line, self.path)
+        return folded[event["request_id"]]
+
+    @contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[int]:
+        flags = os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                raise LedgerError(f"{self.path}: no such ledger directory") from err
+            raise LedgerError(f"cannot open ledger {self.path}: {err.strerror}") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield fd
+        finally:
+            os.close(fd)
+
+
+# ----- parsing and folding ---------------------------------------------------------------------
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _fold(data: bytes, source: Path) -> tuple[dict[str, LedgerEntry], int, str | None]:
+    """Entries by request id, the length of the intact prefix, and the torn last line (if any)."""
+    entries: dict[str, LedgerEntry] = {}
+    good_length = data.rfind(b"\n") + 1
+    tail = data[good_length:]
+    torn = tail.decode("utf-8", errors="replace") if tail else None
+    for number, raw in enumerate(data[:good_length].splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            event = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LedgerError(f"{source}: line {number} is not valid JSON ({err})") from err
+        try:
+            _check_event(entries, event)
+            _apply(entries, event)
+        except LedgerError as err:
+            raise LedgerError(f"{source}: line {number}: {err}") from err
+    return entries, good_length, torn
+
+
+def _check_event(entries: dict[str, LedgerEntry], event: Any) -> None:
+    if not isinstance(event, dict) or event.get("event") not in ("request", "transition"):
+        raise LedgerError("not a ledger event")
+    request_id = event.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise LedgerError("ledger event without a request id")
+    if event["event"] == "request":
+        if request_id in entries:
+            raise LedgerError(f"forget request {request_id!r} already exists")
+        return
+    if request_id not in entries:
+        raise LedgerError(f"no forget request {request_id!r}")
+    current = entries[request_id].state
+    try:
+        wanted = LedgerState(event.get("state"))
+    except ValueError as err:
+        raise LedgerError(f"unknown ledger state {event.get('state')!r}") from err
+    if wanted not in ALLOWED_TRANSITIONS[current]:
+        allowed = ", ".join(sorted(s.value for s in ALLOWED_TRANSITIONS[current])) or "none (final state)"
+        raise LedgerError(f"request {request_id} is {current.value}; it cannot become {wanted.value} "
+                          f"(allowed next: {allowed})")
+
+
+def _apply(entries: dict[str, LedgerEntry], event: dict[str, Any]) -> None:
+    request_id = event["request_id"]
+    when = float(event.get("time", 0.0))
+    if event["event"] == "request":
+        try:
+            entries[request_id] = LedgerEntry(
+                request_id=request_id, requester=str(event["requester"]), reason=str(event["reason"]),
+                created=float(event["created"]), selector=dict(event["selector"]),
+                matched_episode_ids=tuple(event["matched_episode_ids"]),
+                matched_episodes=int(event["matched_episodes"]), matched_transitions=int(event["matched_transitions"]),
+                dataset_hash_before=str(event["dataset_hash_before"]), state=LedgerState.REQUESTED, updated=when,
+                history=((LedgerState.REQUESTED.value, when),),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise LedgerError(f"malformed request record ({err})") from err
+        return
+    entry = entries[request_id]
+    state = LedgerState(event["state"])
+    changes = {name: event[name] for name in TRANSITION_FIELDS if name in event}
+    entries[request_id] = replace(entry, state=state, updated=when, history=entry.history + ((state.value, when),),
+                                  **changes)
+
+
+# ----- the forget workflow shared by the CLI and the unlearning server -------------------------
+
+def request_forget(store: DatasetStore, selector: ForgetSelector, requester: str, reason: str,
+                   ledger: ForgetLedger | None = None) -> LedgerEntry:
+    """Record a forget request for what `selector` matches in `store`, then quarantine it.
+
+    The request is durable before the quarantine starts; the entry returned is `quarantined`.
+    """
+    ledger = ledger or ForgetLedger(store.path)
+    mask = selector.select(store)
+    ids = [ep.episode_id for ep, m in zip(store.episodes, mask) if m]
+    entry = ledger.record_request(selector, ids, int(np.asarray(store.episode_lengths)[mask].sum()),
+                                  store.dataset_hash, requester=requester, reason=reason)
+    try:
+        store.quarantine(ids)
+    except SafeRuleError as err:
+        ledger.transition(entry.request_id, LedgerState.FAILED, error=f"quarantine failed: {err}")
+        raise
+    return ledger.transition(entry.request_id, LedgerState.QUARANTINED)
+
+
+def purge_forgotten(store: DatasetStore, request_id: str, ledger: ForgetLedger | None = None,
+                    progress: bool = False) -> tuple[LedgerEntry, DeletionReport | None]:
+    """Physically delete a request's episodes and record the dataset hash after.
+
+    Episodes already gone (an overlapping earlier purge, or a crash after the delete but before
+    the ledger line) are skipped, so a purge can be re-run. The report is None when nothing was left.
+    """
+    ledger = ledger or ForgetLedger(store.path)
+    entry = ledger.get(request_id)
+    store.refresh()
+    if LedgerState.PURGED not in ALLOWED_TRANSITIONS[entry.state]:
+        raise LedgerError(f"request {request_id} is {entry.state.value}; only quarantined or unlearned "
+                          "requests can be purged")
+    present = set(store.episode_ids())
+    remaining = [eid for eid in entry.matched_episode_ids if eid in present]
+    report = None
+    if remaining:
+        try:
+            report = store.delete_episodes(remaining, progress=progress)
+        except SafeRuleError as err:
+            ledger.transition(request_id, LedgerState.FAILED, error=f"purge failed: {err}")
+            raise
+    return ledger.transition(request_id, LedgerState.PURGED, dataset_hash_after=store.dataset_hash), report

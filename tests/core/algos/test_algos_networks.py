@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import torch
+
+from saferule_core.algos.networks import (
+    VAE_LATENT_CLIP,
+    BCQPolicyCore,
+    ConditionalVAE,
+    DeployablePolicy,
+    EnsembleCritic,
+    EnsembleLinear,
+    PerturbationActor,
+    SquashedDeterministicActor,
+    SquashedGaussianActor,
+    mlp,
+)
+
+
+def test_ensemble_linear_equals_separate_linear_layers() -> None:
+    torch.manual_seed(0)
+    layer = EnsembleLinear(members=3, in_features=5, out_features=4)
+    x = torch.randn(7, 5)
+    out = layer(x)
+    assert out.shape == (3, 7, 4)
+    for m in range(3):
+        expected = x @ layer.weight[m] + layer.bias[m]
+        torch.testing.assert_close(out[m], expected)
+    # Per-member inputs and member subsets use the same weights.
+    xs = torch.randn(3, 7, 5)
+    torch.testing.assert_close(layer(xs)[1], xs[1] @ layer.weight[1] + layer.bias[1])
+    torch.testing.assert_close(layer(x, members=slice(1, 3)), out[1:3])
+
+
+def test_ensemble_critic_members_are_independent_networks() -> None:
+    torch.manual_seed(0)
+    critic = EnsembleCritic(obs_dim=6, act_dim=2, hidden=[16, 16], members=4)
+    obs, act = torch.randn(10, 6), torch.randn(10, 2)
+    q = critic(obs, act)
+    assert q.shape == (4, 10)
+    assert not torch.allclose(q[0], q[1])
+    torch.testing.assert_close(critic(obs, act, members=slice(2, 4)), q[2:4])
+    # The gradient of member 0's output touches only member 0's weights.
+    q[0].sum().backward()
+    grad = critic.layers[0].weight.grad
+    assert grad is not None and grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
+
+
+def test_mlp_shapes_and_output_activation() -> None:
+    net = mlp(3, [8, 8], 2, output_activation=torch.nn.Tanh)
+    out = net(torch.randn(5, 3) * 100)
+    assert out.shape == (5, 2) and out.abs().max() <= 1.0
+
+
+def test_actors_stay_in_the_unit_box() -> None:
+    torch.manual_seed(0)
+    obs = torch.randn(50, 6) * 10
+    assert SquashedDeterministicActor(6, 2, [16]).forward(obs).abs().max() <= 1.0
+    gaussian = SquashedGaussianActor(6, 2, [16, 16])
+    assert gaussian(obs).abs().max() <= 1.0
+    samples = gaussian.sample(obs, num_samples=3)
+    assert samples.shape == (3, 50, 2) and samples.abs().max() <= 1.0
+
+
+def test_perturbation_is_bounded_by_phi() -> None:
+    torch.manual_seed(0)
+    actor = PerturbationActor(6, 2, [16, 16], phi=0.05)
+    obs, act = torch.randn(100, 6), torch.rand(100, 2) * 1.6 - 0.8
+    moved = actor(obs, act)
+    assert (moved - act).abs().max() <= 0.05 + 1e-6
+    at_edge = actor(obs, torch.ones(100, 2))
+    assert at_edge.max() <= 1.0
+
+
+def test_vae_decode_is_deterministic_at_z_zero_and_sampled_latents_are_clipped() -> None:
+    torch.manual_seed(0)
+    vae = ConditionalVAE(6, 2, hidden=16)
+    assert vae.latent_dim == 4
+    obs = torch.randn(20, 6)
+    torch.testing.assert_close(vae.decode(obs), vae.decode(obs))
+    torch.testing.assert_close(vae.decode(obs), vae.decode(obs, torch.zeros(20, 4)))
+    z = vae.sample_latent(10_000, obs)
+    assert z.abs().max() <= VAE_LATENT_CLIP and z.std() > 0.2
+    recon, mean, std = vae(obs, torch.rand(20, 2))
+    assert recon.shape == (20, 2) and mean.shape == std.shape == (20, 4) and (std > 0).all()
+
+
+def test_deployable_policy_normalises_and_rescales() -> None:
+    torch.manual_seed(0)
+    core = SquashedDeterministicActor(3, 2, [8])
+    mean, std = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([2.0, 0.5, 1.0])
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 10.0])
+    policy = DeployablePolicy(core, mean, std, low, high)
+    obs = torch.randn(9, 3) * 4
+    unit = core((obs - mean) / std)
+    torch.testing.assert_close(policy.unit_actions(obs), unit)
+    torch.testing.assert_close(policy(obs), low + (unit + 1) * 0.5 * (high - low))
+    assert not any(p.requires_grad for p in policy.parameters())
+
+
+def test_bcq_policy_core_uses_the_deterministic_decoder() -> None:
+    torch.manual_seed(0)
+    vae, actor = ConditionalVAE(4, 2, 16), PerturbationActor(4, 2, [16], phi=0.05)
+    obs = torch.randn(8, 4)
+    torch.testing.assert_close(BCQPolicyCore(vae, actor)(obs), actor(obs, vae.decode(obs)))
