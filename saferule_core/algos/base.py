@@ -19,8 +19,9 @@ from torch import nn
 
 from saferule_core.algos.batch import Batch, NormalizationStats
 from saferule_core.algos.networks import DeployablePolicy
+from saferule_core.algos.registry import ConfigError
 from saferule_core.data.dataset import OfflineDataset
-from saferule_core.errors import SafeRuleError, TaskError
+from saferule_core.errors import TaskError
 from saferule_core.tasks.spec import get_task
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -28,10 +29,6 @@ OPTIMIZER_IMPLS: tuple[str, ...] = ("fused", "foreach", "for_loop")
 
 Metrics = dict[str, torch.Tensor]
 """0-dim detached tensors; the trainer converts them to floats only when it logs."""
-
-
-class ConfigError(SafeRuleError):
-    """A learner or training setting is unknown or out of range."""
 
 
 @dataclass
@@ -114,7 +111,6 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return target
 
 
-C = TypeVar("C", bound=LearnerConfig)
 L = TypeVar("L", bound="Learner")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,8 +129,9 @@ class Learner(ABC):
 
     # ----- construction ---------------------------------------------------------------------
     @classmethod
+    @abstractmethod
     def algo_name(cls, config: LearnerConfig) -> str:
-        raise NotImplementedError
+        """The registry name this config trains as (e.g. "bc_safe")."""
 
     @classmethod
     def training_data(cls, dataset: OfflineDataset, config: LearnerConfig) -> OfflineDataset:

@@ -21,7 +21,7 @@ from saferule_core.errors import DatasetError
 OBS_STD_EPS: float = 1e-3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NormalizationStats:
     """Observation mean/std (networks see (obs - mean) / std) and the env's action bounds
     (networks act in [-1, 1]; actions are mapped linearly onto [action_low, action_high])."""
@@ -38,6 +38,14 @@ class NormalizationStats:
             raise DatasetError("observation mean and std have different sizes")
         if self.action_low.shape != self.action_high.shape or not (self.action_high > self.action_low).all():
             raise DatasetError(f"action bounds are not a box: low={self.action_low}, high={self.action_high}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NormalizationStats):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, name), getattr(other, name))
+                   for name in ("obs_mean", "obs_std", "action_low", "action_high"))
+
+    __hash__ = None  # type: ignore[assignment]
 
     @classmethod
     def from_dataset(cls, dataset: OfflineDataset, normalize_observations: bool = True) -> NormalizationStats:

@@ -11,8 +11,9 @@ One update, in OSRL's order:
   2. Critics: for each next state draw `num_sampled_actions` actions from the VAE and perturb them
      with the target actor. The SAME sampled actions serve the reward and the cost targets. Per
      twin pair: q = lmbda * min + (1 - lmbda) * max, then the max over the sampled actions;
-     y_r = scaled reward + gamma * q_r', y_c = scaled cost + gamma * q_c' (no bootstrap past a
-     terminal). Each member regresses its pair's target.
+     y_r = scaled reward + gamma * q_r', y_c = scaled cost + gamma * q_c'. Each member regresses
+     its pair's target. Neither target bootstraps past a terminal; time-outs do bootstrap (OSRL
+     stops the reward target at time-outs too and never stops the cost target).
   3. Actor: a = xi(s, VAE sample at s); loss = -Q_r + lambda * (Q_c - q_threshold) with
      Q_r, Q_c the min over each twin and lambda from the PID controller fed with mean Q_c.
      q_threshold = cost_limit * (1 - gamma^T) / (1 - gamma) / T, T the episode length.

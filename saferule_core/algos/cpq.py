@@ -12,9 +12,10 @@ One update:
      y_c = scaled cost + gamma * Q_c'(s', a'),
      y_r = scaled reward + gamma * [Q_c'(s', a') <= q_threshold] * Q_r'(s', a')
      (the constraint-penalised Bellman operator: no reward is bootstrapped through an unsafe
-     next action; Q' is the min over each critic group of the target ensemble).
-  3. OOD penalty for the cost critics: draw `num_sampled_actions` actions per state from the
-     actor; those whose VAE latent KL is in the top quarter (>= `ood_quantile`) count as out of
+     next action; Q' is the min over each critic group of the target ensemble; neither target
+     bootstraps past a terminal).
+  3. OOD penalty for the cost critics: draw `num_sampled_actions` squashed actions per state
+     from the actor (OSRL feeds the pre-tanh samples); those whose VAE latent KL is in the top quarter (>= `ood_quantile`) count as out of
      distribution and their Q_c is pushed UP with weight alpha:
      loss = TD losses - alpha * (mean OOD Q_c - qc_threshold), qc_threshold = qc_scalar * q_threshold.
      alpha follows dual ascent alpha <- clip(alpha + alpha_lr * (qc_threshold - mean OOD Q_c), 0, alpha_max).
@@ -34,7 +35,6 @@ from torch import nn
 from torch.func import functional_call
 
 from saferule_core.algos.base import (
-    ConfigError,
     Learner,
     LearnerConfig,
     Metrics,
@@ -46,6 +46,7 @@ from saferule_core.algos.base import (
 )
 from saferule_core.algos.batch import Batch
 from saferule_core.algos.networks import ConditionalVAE, EnsembleCritic, SquashedGaussianActor, latent_kl, vae_loss
+from saferule_core.algos.registry import ConfigError
 
 
 @dataclass

@@ -247,4 +247,5 @@ class DeployablePolicy(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         unit = self.unit_actions(obs)
-        return self.action_low + (unit + 1.0) * (0.5 * (self.action_high - self.action_low))
+        # center + unit * half-range: exactly `unit` for the unit box.
+        return 0.5 * (self.action_high + self.action_low) + unit * (0.5 * (self.action_high - self.action_low))

@@ -1,32 +1,51 @@
-"""The learners by name, and typed configs built from plain dicts (CLI flags, YAML, checkpoints)."""
+"""The learners by name, and typed configs built from plain dicts (CLI flags, YAML, checkpoints).
+
+Torch-free: learner classes are imported only when asked for, so listing algorithms is cheap.
+"""
 
 from __future__ import annotations
 
+import importlib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from saferule_core.algos.base import ConfigError, Learner, LearnerConfig
-from saferule_core.algos.bc import BC, BCConfig
-from saferule_core.algos.bcq_lag import BCQLag, BCQLagConfig
-from saferule_core.algos.cpq import CPQ, CPQConfig
+from saferule_core.errors import SafeRuleError
+
+if TYPE_CHECKING:
+    from saferule_core.algos.base import Learner, LearnerConfig
+
+
+class ConfigError(SafeRuleError):
+    """A learner or training setting is unknown or out of range."""
 
 
 @dataclass(frozen=True)
 class AlgoSpec:
     name: str
-    learner_class: type[Learner]
-    config_class: type[LearnerConfig]
+    module: str                                          # where the learner class lives
+    class_name: str
     summary: str
     fixed: dict[str, Any] = field(default_factory=dict)   # settings that define the algorithm
 
+    @property
+    def learner_class(self) -> type[Learner]:
+        cls: type[Learner] = getattr(importlib.import_module(self.module), self.class_name)
+        return cls
+
+    @property
+    def config_class(self) -> type[LearnerConfig]:
+        return self.learner_class.config_class
+
 
 ALGORITHMS: dict[str, AlgoSpec] = {spec.name: spec for spec in (
-    AlgoSpec("bc_all", BC, BCConfig, "behaviour cloning on every episode", {"safe_only": False}),
-    AlgoSpec("bc_safe", BC, BCConfig, "behaviour cloning on episodes within the cost limit", {"safe_only": True}),
-    AlgoSpec("bcq_lag", BCQLag, BCQLagConfig, "batch-constrained Q-learning with a PID-Lagrangian cost penalty"),
-    AlgoSpec("cpq", CPQ, CPQConfig, "constraints penalized Q-learning"),
+    AlgoSpec("bc_all", "saferule_core.algos.bc", "BC", "behaviour cloning on every episode", {"safe_only": False}),
+    AlgoSpec("bc_safe", "saferule_core.algos.bc", "BC", "behaviour cloning on episodes within the cost limit",
+             {"safe_only": True}),
+    AlgoSpec("bcq_lag", "saferule_core.algos.bcq_lag", "BCQLag",
+             "batch-constrained Q-learning with a PID-Lagrangian cost penalty"),
+    AlgoSpec("cpq", "saferule_core.algos.cpq", "CPQ", "constraints penalized Q-learning"),
 )}
 
 

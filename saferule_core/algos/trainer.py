@@ -9,8 +9,10 @@ the same machine: the checkpoint carries the sampler's and the global RNG states
 
 from __future__ import annotations
 
+import ctypes
 import json
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,10 +23,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saferule_core.algos.base import ConfigError, Learner, Metrics
+from saferule_core.algos.base import Learner, Metrics
 from saferule_core.algos.batch import BatchSampler
 from saferule_core.algos.checkpoint import MODEL_FILE, check_compatible, read_checkpoint, save_model
-from saferule_core.algos.registry import get_algo, make_config
+from saferule_core.algos.registry import ConfigError, get_algo, make_config
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import ModelError
 from saferule_core.io_utils import atomic_write_text
@@ -34,8 +36,11 @@ METRICS_FILE = "metrics.jsonl"
 PROGRESS_KEYS: tuple[str, ...] = ("actor_loss", "reward_critic_loss", "cost_critic_loss", "q_cost",
                                   "lagrange_multiplier", "alpha")
 
+# Settings that only change how updates are computed, not what is learned: may differ on resume.
+RESUMABLE_CHANGES: frozenset[str] = frozenset({"precision", "compile", "optimizer", "device"})
+
 StepCallback = Callable[[int, Learner], None]
-"""Called after every update with (number of updates done, learner)."""
+"""Called after every update (and its logging/checkpointing) with (updates done, learner)."""
 
 
 @dataclass
@@ -47,6 +52,7 @@ class TrainConfig:
     log_every: int = 100              # average and write metrics every N steps
     checkpoint_every: int = 10_000    # 0: only at the end
     progress: bool = True
+    tune_allocator: bool = True       # see tune_cpu_allocator
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "num_threads", "log_every"):
@@ -62,6 +68,25 @@ class TrainResult:
     steps: int
     seconds: float
     metrics: dict[str, float]        # the last logged averages
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc keep freed memory for reuse instead of handing big blocks back to the OS.
+
+    Every update allocates the same multi-megabyte activations; by default glibc serves those with
+    fresh mmaps, so each one page-faults and is zeroed again. Raising the mmap and trim
+    thresholds keeps them in the heap (memory stays at the peak of one update). Process-wide and
+    idempotent; returns False where it does not apply (not Linux/glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3       # <malloc.h>
+    one_gib = 1 << 30
+    return bool(libc.mallopt(m_mmap_threshold, one_gib)) and bool(libc.mallopt(m_trim_threshold, one_gib))
 
 
 def seed_everything(seed: int) -> None:
@@ -106,6 +131,8 @@ def train(learner: Learner, dataset: OfflineDataset, out_dir: Path, config: Trai
     out_dir = Path(out_dir)
     check_compatible(learner.info, dataset)
     torch.set_num_threads(config.num_threads)
+    if config.tune_allocator:
+        tune_cpu_allocator()
     sampler = BatchSampler(learner.training_data(dataset, learner.config), learner.info.stats,
                            config.batch_size, learner.device, config.seed)
     metrics_path = out_dir / METRICS_FILE
@@ -130,8 +157,6 @@ def train(learner: Learner, dataset: OfflineDataset, out_dir: Path, config: Trai
                                             desc=f"train {learner.info.algo}", unit="step", dynamic_ncols=True) as bar:
         for step in range(start + 1, config.steps + 1):
             window.append(learner.update(sampler.sample()))
-            if callback is not None:
-                callback(step, learner)
             if step % config.log_every == 0 or step == config.steps:
                 last = _mean_metrics(window)
                 window.clear()
@@ -140,6 +165,8 @@ def train(learner: Learner, dataset: OfflineDataset, out_dir: Path, config: Trai
                 bar.set_postfix({k: f"{last[k]:.3g}" for k in PROGRESS_KEYS if k in last}, refresh=False)
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step != config.steps:
                 save_model(out_dir, learner, trainer_state(step))
+            if callback is not None:
+                callback(step, learner)
             bar.update(1)
     save_model(out_dir, learner, trainer_state(max(config.steps, start)))
     return TrainResult(out_dir=out_dir, steps=max(config.steps, start), seconds=time.perf_counter() - began,
@@ -156,6 +183,12 @@ def _restore(learner: Learner, sampler: BatchSampler, out_dir: Path, dataset: Of
     trainer = payload.get("trainer") or {}
     if "step" not in trainer:
         raise ModelError(f"{out_dir}/{MODEL_FILE} has no trainer state to resume from")
+    saved, current = payload["config"], learner.config_dict()
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        raise ModelError(f"{out_dir} was trained with other settings ({', '.join(changed)}); "
+                         f"resume with the same settings")
     learner.load_state_dict(payload["state"])
     sampler.load_state_dict(trainer["sampler"])
     _set_rng_state(trainer["rng"])

@@ -8,9 +8,7 @@ from typing import Any
 
 import yaml
 
-from saferule_core.algos.base import ConfigError
-from saferule_core.algos.registry import ALGORITHMS
-from saferule_core.algos.trainer import TrainConfig, fit
+from saferule_core.algos.registry import ALGORITHMS, ConfigError
 
 DESCRIPTION = """\
 Train an offline safe RL policy on DATASET_DIR and write a model directory to --out:
@@ -81,7 +79,8 @@ def _read_overrides(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saferule_core.data.store import DatasetStore  # the store pulls in pyarrow: import on use
+    from saferule_core.algos.trainer import TrainConfig, fit  # torch: imported only when needed
+    from saferule_core.data.store import DatasetStore
 
     overrides, train_overrides = _read_overrides(args.config)
     for key, value in (("cost_limit", args.cost_limit), ("precision", args.precision), ("compile", args.compile)):

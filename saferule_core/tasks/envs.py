@@ -19,8 +19,21 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import gymnasium
 import numpy as np
+
+
+def _silence_adroit_notice() -> None:
+    """gymnasium-robotics (pulled in by safety-gymnasium and loaded by gymnasium's plugin hook)
+    prints a notice about its Adroit hand tasks on every import; we never use those tasks."""
+    with contextlib.suppress(ImportError):
+        from farama_notifications import notifications
+
+        notifications.pop("gymnasium_robotics", None)
+
+
+_silence_adroit_notice()
+
+import gymnasium  # noqa: E402  (after the notice is silenced)
 
 from saferule_core.errors import TaskError
 from saferule_core.tasks.spec import TaskSpec, get_task

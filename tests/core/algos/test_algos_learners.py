@@ -49,14 +49,15 @@ def test_bcq_lag_reports_its_lagrangian_and_cpq_keeps_alpha_in_range(random_data
         assert all(0.0 <= v <= upper for v in values)
 
 
-def test_bc_recovers_a_linear_behaviour_policy(dataset_builder, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bc_recovers_a_linear_behaviour_policy(precision, dataset_builder, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     weights = rng.normal(size=(4, 2)) * 0.15
     obs = rng.normal(1.0, 2.0, size=(2000, 4))
     ds = dataset_builder(obs, np.clip(obs @ weights, -1, 1), np.zeros(2000), episode_len=50)
     learner, result = fit("bc_all", ds, tmp_path / "bc", TrainConfig(steps=300, batch_size=128, num_threads=1,
                                                                     progress=False, log_every=50),
-                          {"hidden": [64, 64]})
+                          {"hidden": [64, 64], "precision": precision})
     test_obs = rng.normal(1.0, 2.0, size=(300, 4)).astype(np.float32)
     predicted = learner.deployable_policy()(torch.from_numpy(test_obs)).numpy()
     error = np.abs(predicted - np.clip(test_obs @ weights, -1, 1)).mean()
@@ -84,7 +85,8 @@ def test_bc_safe_learns_only_from_episodes_within_the_cost_limit(dataset_builder
         BC.from_dataset(only_unsafe, make_config("bc_safe"))
 
 
-def test_bcq_lag_cost_critic_learns_which_action_costs(dataset_builder, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bcq_lag_cost_critic_learns_which_action_costs(precision, dataset_builder, tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     rows = 2000
     obs = rng.normal(size=(rows, 4))
@@ -93,7 +95,8 @@ def test_bcq_lag_cost_critic_learns_which_action_costs(dataset_builder, tmp_path
     ds = dataset_builder(obs, actions, costly.astype(np.float32), episode_len=50)
     learner, _ = fit("bcq_lag", ds, tmp_path / "bcql",
                      TrainConfig(steps=200, batch_size=64, num_threads=1, progress=False, log_every=50),
-                     {"actor_hidden": [32, 32], "critic_hidden": [64, 64], "vae_hidden": 32, "gamma": 0.9})
+                     {"actor_hidden": [32, 32], "critic_hidden": [64, 64], "vae_hidden": 32, "gamma": 0.9,
+                      "precision": precision})
     assert isinstance(learner, BCQLag)
     norm_obs = torch.from_numpy(learner.info.stats.normalize_observations(obs[:200]))
     with torch.no_grad():

@@ -1,0 +1,53 @@
+"""`saferule train` end to end on a dataset directory (the command lives in saferule_core/commands)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from saferule_core.algos.checkpoint import load_policy
+from saferule_core.cli import main
+from saferule_core.data.store import DatasetStore
+
+
+@pytest.fixture
+def dataset_dir(random_dataset, tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    DatasetStore.create(path, random_dataset(task="BallRun"))
+    return path
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_train_command_writes_a_loadable_model(dataset_dir: Path, tmp_path: Path, capsys) -> None:
+    overrides = write_yaml(tmp_path / "o.yaml", "actor_hidden: [16, 16]\ncritic_hidden: [16, 16]\nvae_hidden: 16\n"
+                                                "train:\n  batch_size: 32\n  log_every: 3\n")
+    out = tmp_path / "model"
+    code = main(["train", str(dataset_dir), "--algo", "bcq_lag", "--steps", "6", "--out", str(out), "--seed", "3",
+                 "--cost-limit", "20", "--precision", "bf16", "--threads", "1", "--config", str(overrides), "--quiet"])
+    assert code == 0
+    assert "trained bcq_lag for 6 steps" in capsys.readouterr().out
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["cost_limit"] == 20.0 and meta["config"]["precision"] == "bf16"
+    assert meta["config"]["critic_hidden"] == [16, 16] and meta["train"]["batch_size"] == 32
+    assert meta["train"]["seed"] == 3 and meta["info"]["task"] == "BallRun"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    policy_fn, task = load_policy(out)
+    assert task == "BallRun"
+
+
+def test_train_command_reports_bad_input_in_one_line(dataset_dir: Path, tmp_path: Path, capsys) -> None:
+    bad = write_yaml(tmp_path / "bad.yaml", "critic_hiden: [16]\n")
+    code = main(["train", str(dataset_dir), "--algo", "bcq_lag", "--steps", "2", "--out", str(tmp_path / "m"),
+                 "--config", str(bad), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("saferule train: error:") and "critic_hiden" in err and "\n" not in err
+    code = main(["train", str(tmp_path / "missing"), "--algo", "bc_all", "--steps", "2", "--out", str(tmp_path / "m"),
+                 "--quiet"])
+    assert code == 2 and "missing" in capsys.readouterr().err
