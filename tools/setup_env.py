@@ -218,7 +218,7 @@ def link_workspace_into_venv(install: Path) -> None:
 
 
 def build_workspace() -> None:
-    sources = tree_files(WS / "src")
+    sources = tree_files(WS / "src") + tree_files(ROOT / "launch")  # launch/ is symlinked into saferule_ros
     want = digest(sources, extra=VENV_STAMP.read_text())
     if WS_STAMP.exists() and WS_STAMP.read_text() == want:
         log("ros2_ws up to date")

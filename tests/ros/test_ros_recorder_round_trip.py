@@ -67,6 +67,7 @@ def test_recorder_bags_round_trip_into_a_dataset(tmp_path: Path) -> None:
     assert meta["storage_identifier"] == "mcap"
     totals = {key.rsplit(".", 1)[1]: int(value) for key, value in meta["custom_data"].items()}
     assert (totals["received"], totals["written"], totals["dropped"]) == (published, published, 0)
+    assert (totals["missing_steps"], totals["lost_in_dds"], totals["out_of_order"], totals["unkeyed"]) == (0, 0, 0, 0)
     in_bags = sum(yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
                   ["message_count"] for bag in bags)
     assert in_bags == published

@@ -24,5 +24,11 @@ setup(
         "sim_robot = saferule_ros.sim_robot:main",
         "policy_runner = saferule_ros.policy_runner:main",
         "recorder = saferule_ros.recorder:main",
+        "unlearning_server = saferule_ros.unlearning_server:main",
+        "fleet_monitor = saferule_ros.fleet_monitor:main",
+        "fleet_cli = saferule_ros.fleet_cli:main",
+        "behaviour_driver = saferule_ros.behaviour_driver:main",
+        "bringup = saferule_ros.bringup:main",
+        "demo = saferule_ros.demo:main",
     ]},
 )

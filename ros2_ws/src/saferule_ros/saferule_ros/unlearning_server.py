@@ -1,0 +1,592 @@
+"""unlearning_server: the ROS face of the forget-request lifecycle (a thin adapter over saferule_core).
+
+`forget` (saferule_interfaces/srv/Forget): checks the selector against a dataset under `data_root`;
+a dry run answers what it matches; otherwise the request is recorded in the dataset's ledger and
+its episodes quarantined (`request_forget`: requested -> quarantined) before the answer, which
+carries the request id. Bad input is refused with accepted=false and a message naming the problem.
+
+`unlearn` (saferule_interfaces/action/Unlearn): a goal names a request id (or a selector, which
+records a new request first) and a method. Goals queue in a state file under `work_dir` (they
+survive a restart); one worker thread runs one job at a time with `run_forget_job` (saferule_core),
+publishing the job's stages as feedback; a cancel request stops the job (should_stop). On
+success, when the goal asks for it, each robot in `robots` is asked to swap to the new version
+(`<ns>/swap_policy`); the result carries the versions and the metrics before and after.
+
+A job that fails or is cancelled leaves the request `failed` (its data stays quarantined) and the
+previous policy active. A job cut short by the server stopping (SIGINT/SIGTERM) or dying leaves
+the request `unlearning` and the job in the state file; at the next start it is resumed (or
+marked failed, per `on_interrupted`).
+
+    python -m saferule_ros.unlearning_server --ros-args --params-file config/unlearning_server.yaml
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action.server import ServerGoalHandle
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+
+from saferule_core.data.ledger import LEDGER_FILE, ForgetLedger, LedgerEntry, LedgerState, request_forget
+from saferule_core.data.selectors import ForgetSelector
+from saferule_core.data.store import DatasetStore
+from saferule_core.errors import SafeRuleError
+from saferule_interfaces.action import Unlearn
+from saferule_interfaces.srv import Forget
+from saferule_ros.fleet_client import FleetClient, event_waiter
+from saferule_ros.forget_messages import metrics_to_msgs, selector_from_msg, selector_is_set
+from saferule_ros.job_queue import JobQueue, QueuedJob
+from saferule_ros.params import ConfigError, declare_config
+from saferule_ros.spin import run_node
+
+FORGET_SERVICE = "forget"
+UNLEARN_ACTION = "unlearn"
+STATE_FILE = "unlearning_server_state.json"
+INTERRUPTED_POLICIES = ("resume", "fail")
+MAX_DATASET_DEPTH = 3                       # how deep under data_root ledgers are looked for
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+SWAP_SHARE = 0.9                            # progress fraction of the job proper when swaps follow
+
+
+@dataclass
+class UnlearningServerConfig:
+    data_root: str = "data"                   # every dataset named in a request must lie inside it
+    default_dataset: str = ""                 # dataset (under data_root) of requests that name none
+    model_dir: str = "models/deployed"        # checkpoint of the deployed policy (start of the lineage)
+    registry_dir: str = "policies"            # signed artifact registry the runners load from
+    signing_key: str = "~/.config/saferule/keys"
+    work_dir: str = "unlearning"              # unlearned models (<work_dir>/<request_id>/) and the queue
+    robots: list[str] = field(default_factory=list)   # namespaces whose policy_runner is swapped
+    default_method: str = "safe_rule"
+    max_selector_entries: int = 10_000        # episode ids + robot ids + bag names in one selector
+    max_queued: int = 16                      # goals waiting or running; more are rejected
+    unlearn_config_file: str = ""             # YAML of UnlearnConfig overrides; empty: defaults
+    purge_after_unlearn: bool = False         # physically delete the episodes once unlearned
+    on_interrupted: str = "resume"            # a job found interrupted at start: "resume" or "fail"
+    swap_timeout_s: float = 10.0              # per robot: service discovery + answer
+
+
+class RequestRefused(SafeRuleError):
+    """A Forget request or Unlearn goal that the server will not carry out (the message says why)."""
+
+
+class ServerStopping(BaseException):
+    """Raised inside a running job (from its should_stop callback) when the server stops. Not an
+    Exception, so the job does not record a failure: the request stays `unlearning` and the job
+    stays queued, to be resumed at the next start."""
+
+
+@dataclass(frozen=True)
+class JobApi:
+    """The saferule_core job functions the server calls (injected in tests).
+
+    run(paths, request_id, method, config, progress, should_stop, purge) -> result with
+    new_version, parent_version, model_dir, report, metrics_before, metrics_after.
+    """
+
+    run: Callable[..., Any]
+    make_paths: Callable[..., Any]           # JobPaths(dataset_dir=, model_dir=, registry_dir=, signing_key=, work_dir=)
+    methods: tuple[str, ...]
+    make_config: Callable[[dict[str, Any]], Any]
+    check_startable: Callable[[LedgerEntry], None]   # UnlearningError when the request cannot be unlearned
+
+
+def real_job_api() -> JobApi:
+    """saferule_core.unlearning (imported here: it pulls in torch)."""
+    from saferule_core.unlearning.config import METHODS, UnlearnConfig
+    from saferule_core.unlearning.job import JobPaths, check_startable, run_forget_job
+
+    def make_config(values: dict[str, Any]) -> Any:
+        try:
+            return UnlearnConfig.from_dict(values)
+        except SafeRuleError as err:
+            raise ConfigError(f"unlearn_config_file: {err}") from None
+
+    return JobApi(run=run_forget_job, make_paths=JobPaths, methods=tuple(METHODS), make_config=make_config,
+                  check_startable=check_startable)
+
+
+@dataclass
+class JobOutcome:
+    success: bool
+    message: str
+    new_version: str = ""
+    parent_version: str = ""
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    cancelled: bool = False
+    interrupted: bool = False                 # the server stopped mid-job: the job stays queued
+    model_dir: str | None = None              # the unlearned model (success only)
+
+    def to_result(self) -> Unlearn.Result:
+        return Unlearn.Result(success=self.success, new_policy_version=self.new_version,
+                              parent_policy_version=self.parent_version,
+                              metrics_before=metrics_to_msgs(self.metrics_before),
+                              metrics_after=metrics_to_msgs(self.metrics_after), wall_time_s=self.wall_time_s,
+                              message=self.message)
+
+
+@dataclass
+class _Goal:
+    """An Unlearn goal between acceptance and its result."""
+
+    handle: ServerGoalHandle
+    request_id: str = ""
+    outcome: JobOutcome | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def within(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def dataset_path(data_root: Path, name: str) -> Path:
+    """Where dataset `name` lies under `data_root` (resolved, symlinks included), whether or not it
+    exists yet. RequestRefused for `..` or a path that resolves outside the root."""
+    root = data_root.resolve()
+    if "\x00" in name:
+        raise RequestRefused("the dataset name contains a NUL byte")
+    candidate = Path(name)
+    if ".." in candidate.parts:
+        raise RequestRefused(f"dataset {name!r}: '..' is not allowed; name a dataset under the data root {root}")
+    path = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not within(path, root):
+        raise RequestRefused(f"dataset {name!r} resolves to {path}, outside the data root {root}")
+    return path
+
+
+def resolve_dataset_dir(data_root: Path, name: str) -> Path:
+    """`dataset_path`, which must also be a directory."""
+    path = dataset_path(data_root, name)
+    if not path.is_dir():
+        raise RequestRefused(f"dataset {name!r}: no such dataset directory under the data root {data_root.resolve()}")
+    return path
+
+
+class UnlearningServer(Node):
+    def __init__(self, node_name: str = "unlearning_server", job_api: JobApi | None = None,
+                 **kwargs: object) -> None:
+        super().__init__(node_name, **kwargs)  # type: ignore[arg-type]
+        cfg = self.config = declare_config(self, UnlearningServerConfig)
+        self.api = job_api or real_job_api()
+        self._check_config()
+        self.data_root = Path(cfg.data_root).expanduser().resolve()
+        self.work_dir = Path(cfg.work_dir).expanduser()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.unlearn_config = self._load_unlearn_config()
+        self.queue = JobQueue(self.work_dir / STATE_FILE, str(Path(cfg.model_dir).expanduser()))
+        self._forget_lock = threading.Lock()        # one request_forget at a time
+        self._goals_lock = threading.Lock()
+        self._goals: dict[bytes, _Goal] = {}        # by goal uuid
+        self._stopping = threading.Event()
+        self._wakeup = threading.Event()
+        self.jobs_done = self.jobs_failed = 0
+
+        self._recover()
+        group = ReentrantCallbackGroup()
+        self.create_service(Forget, FORGET_SERVICE, self._on_forget, callback_group=MutuallyExclusiveCallbackGroup())
+        self.action_server = ActionServer(
+            self, Unlearn, UNLEARN_ACTION, execute_callback=self._execute, goal_callback=self._on_goal,
+            handle_accepted_callback=self._on_accepted, cancel_callback=lambda _goal: CancelResponse.ACCEPT,
+            callback_group=group)
+        self.fleet = FleetClient(self, event_waiter, timeout_s=cfg.swap_timeout_s, callback_group=group)
+        for robot in cfg.robots:
+            self.fleet.swap_client(robot)   # created now so that discovery has begun by the first swap
+        # Goals cancelled while waiting are finished from here (see _finish_cancelled_waiting).
+        self.create_timer(0.2, self._finish_cancelled_waiting, callback_group=MutuallyExclusiveCallbackGroup())
+        self._worker = threading.Thread(target=self._work, name="unlearn-worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"serving {self.resolve_service_name(FORGET_SERVICE)} and {self.resolve_service_name(UNLEARN_ACTION)}: "
+            f"data root {self.data_root}, default dataset {cfg.default_dataset or '(none)'}, model "
+            f"{self.queue.current_model_dir}, registry {cfg.registry_dir}, robots {', '.join(cfg.robots) or '(none)'}, "
+            f"{len(self.queue.jobs())} jobs queued")
+
+    # ----- configuration ---------------------------------------------------------------------
+    def _check_config(self) -> None:
+        cfg = self.config
+        if cfg.default_method not in self.api.methods:
+            raise ConfigError(f"default_method {cfg.default_method!r}: expected one of {', '.join(self.api.methods)}")
+        if cfg.on_interrupted not in INTERRUPTED_POLICIES:
+            raise ConfigError(f"on_interrupted {cfg.on_interrupted!r}: expected one of {', '.join(INTERRUPTED_POLICIES)}")
+        for name in ("max_selector_entries", "max_queued"):
+            if getattr(cfg, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
+        if cfg.swap_timeout_s <= 0:
+            raise ConfigError(f"swap_timeout_s must be > 0, got {cfg.swap_timeout_s}")
+        if not Path(cfg.data_root).expanduser().is_dir():
+            raise ConfigError(f"data_root {cfg.data_root}: no such directory")
+        if cfg.default_dataset:
+            # It may not exist yet (a fleet builds it from its bags after starting); it must not
+            # point outside the data root.
+            try:
+                path = dataset_path(Path(cfg.data_root).expanduser(), cfg.default_dataset)
+            except RequestRefused as err:
+                raise ConfigError(f"default_dataset: {err}") from None
+            if not path.is_dir():
+                self.get_logger().warning(f"default_dataset {path} does not exist yet; requests that name no "
+                                          f"dataset are refused until it does")
+
+    def _load_unlearn_config(self) -> Any:
+        path = self.config.unlearn_config_file
+        if not path:
+            return self.api.make_config({})
+        try:
+            values = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"unlearn_config_file {path}: {err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"unlearn_config_file {path}: expected a mapping of UnlearnConfig fields")
+        return self.api.make_config(values)
+
+    # ----- datasets and ledgers --------------------------------------------------------------
+    def dataset_dir(self, name: str) -> Path:
+        name = name.strip() or self.config.default_dataset
+        if not name:
+            raise RequestRefused("no dataset named and the server has no default_dataset")
+        return resolve_dataset_dir(self.data_root, name)
+
+    def _ledger_dirs(self) -> Iterator[Path]:
+        """Dataset directories under the data root that hold a ledger (default dataset first)."""
+        if self.config.default_dataset:
+            default = dataset_path(self.data_root, self.config.default_dataset)
+            if (default / LEDGER_FILE).is_file():
+                yield default
+        for current, dirnames, filenames in os.walk(self.data_root, followlinks=False):
+            here = Path(current)
+            if LEDGER_FILE in filenames and within(here.resolve(), self.data_root):
+                yield here.resolve()
+            depth = len(here.relative_to(self.data_root).parts)
+            dirnames[:] = [] if depth >= MAX_DATASET_DEPTH else sorted(
+                d for d in dirnames if not d.startswith(".") and d != "shards")
+
+    def find_request(self, request_id: str) -> tuple[Path, LedgerEntry]:
+        if not REQUEST_ID_PATTERN.match(request_id):
+            raise RequestRefused(f"malformed request id {request_id[:80]!r}")
+        for directory in self._ledger_dirs():
+            try:
+                for entry in ForgetLedger(directory).entries():
+                    if entry.request_id == request_id:
+                        return directory, entry
+            except SafeRuleError as err:
+                self.get_logger().warning(f"skipping the ledger of {directory}: {err}", throttle_duration_sec=30.0)
+        raise RequestRefused(f"unknown request id {request_id!r}: no ledger under {self.data_root} records it "
+                             f"(send Forget first)")
+
+    def _relative(self, dataset_dir: Path) -> str:
+        return dataset_dir.relative_to(self.data_root).as_posix()
+
+    # ----- Forget ------------------------------------------------------------------------------
+    def _on_forget(self, request: Forget.Request, response: Forget.Response) -> Forget.Response:
+        try:
+            self._forget(request, response)
+        except SafeRuleError as err:
+            self._refuse(response, str(err))
+        except Exception as err:  # a bug must not take the node down; the caller still gets an answer
+            self.get_logger().error(f"Forget failed: {traceback.format_exc()}")
+            self._refuse(response, f"internal error: {type(err).__name__}: {err}")
+        return response
+
+    def _refuse(self, response: Forget.Response, message: str) -> None:
+        response.accepted, response.request_id, response.message = False, "", message
+        response.matched_episode_ids, response.matched_transitions = [], 0
+        self.get_logger().warning(f"Forget refused: {message}")
+
+    def _forget(self, request: Forget.Request, response: Forget.Response) -> None:
+        selector = selector_from_msg(request.selector, self.config.max_selector_entries)
+        dataset_dir = self.dataset_dir(request.dataset)
+        label = self._relative(dataset_dir) or "."
+        if request.dry_run:
+            store = DatasetStore.open(dataset_dir)
+            mask = selector.select(store)
+            response.matched_episode_ids = [ep.episode_id for ep, hit in zip(store.episodes, mask) if hit]
+            response.matched_transitions = int(store.episode_lengths[mask].sum())
+            response.accepted = True
+            response.message = (f"dry run: the selector ({selector.describe()}) matches "
+                                f"{len(response.matched_episode_ids)} episodes ({response.matched_transitions} "
+                                f"transitions) of {label}; nothing recorded")
+            return
+        entry = self.record_request(dataset_dir, selector, request.requester, request.reason)
+        response.accepted = True
+        response.request_id = entry.request_id
+        response.matched_episode_ids = list(entry.matched_episode_ids)
+        response.matched_transitions = entry.matched_transitions
+        response.message = (f"request {entry.request_id} recorded: {entry.matched_episodes} episodes "
+                            f"({entry.matched_transitions} transitions) of {label} quarantined; send an Unlearn "
+                            f"goal with this request id to repair the policy")
+        self.get_logger().info(f"{response.message} (requester {entry.requester}: {entry.reason})")
+
+    def record_request(self, dataset_dir: Path, selector: ForgetSelector, requester: str, reason: str) -> LedgerEntry:
+        if not reason.strip():
+            raise RequestRefused("a forget request needs a reason (it is kept in the ledger)")
+        with self._forget_lock:
+            store = DatasetStore.open(dataset_dir)
+            return request_forget(store, selector, requester=requester.strip() or "ros", reason=reason.strip())
+
+    # ----- Unlearn: admission ------------------------------------------------------------------
+    def _on_goal(self, goal: Unlearn.Goal) -> GoalResponse:
+        if len(self.queue.jobs()) >= self.config.max_queued:
+            self.get_logger().warning(f"Unlearn goal rejected: {self.config.max_queued} jobs are already queued")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def _on_accepted(self, handle: ServerGoalHandle) -> None:
+        """Admit the goal into the queue; a refused goal is finished at once with its reason."""
+        goal = _Goal(handle)
+        with self._goals_lock:
+            self._goals[bytes(handle.goal_id.uuid)] = goal
+        try:
+            self._admit(goal)
+        except SafeRuleError as err:
+            self._finish_unstarted(goal, JobOutcome(False, str(err)), "Unlearn goal refused")
+            return
+        except Exception as err:
+            self.get_logger().error(f"Unlearn admission failed: {traceback.format_exc()}")
+            self._finish_unstarted(goal, JobOutcome(False, f"internal error: {type(err).__name__}: {err}"),
+                                   "Unlearn goal refused")
+            return
+        self._wakeup.set()
+
+    def _admit(self, pending: _Goal) -> None:
+        goal: Unlearn.Goal = pending.handle.request
+        method = goal.method.strip() or self.config.default_method
+        if method not in self.api.methods:
+            raise RequestRefused(f"unknown method {method!r}; methods: {', '.join(self.api.methods)}")
+        request_id = goal.request_id.strip()
+        has_selector = selector_is_set(goal.selector)
+        if request_id and has_selector:
+            raise RequestRefused("name either a request_id or a selector, not both")
+        if not request_id and not has_selector:
+            raise RequestRefused("name the request to unlearn: a request_id (from Forget) or a selector")
+        if has_selector:
+            selector = selector_from_msg(goal.selector, self.config.max_selector_entries)
+            dataset_dir = self.dataset_dir("")
+            entry = self.record_request(dataset_dir, selector, "unlearn goal", "Unlearn goal with a selector")
+        else:
+            dataset_dir, entry = self.find_request(request_id)
+            if self.queue.running() == request_id:
+                raise RequestRefused(f"request {request_id} is already being unlearned")
+            position = self.queue.position(request_id)
+            if position is not None:
+                raise RequestRefused(f"request {request_id} is already queued ({position} jobs ahead of it)")
+            self.api.check_startable(entry)
+        pending.request_id = entry.request_id
+        self.queue.add(QueuedJob(entry.request_id, self._relative(dataset_dir), method, bool(goal.swap_on_success),
+                                 time.time(), bytes(pending.handle.goal_id.uuid).hex()))
+        self.get_logger().info(f"queued {entry.request_id} ({method}, {entry.matched_episodes} episodes, state "
+                               f"{entry.state.value}); {len(self.queue.jobs())} jobs in the queue")
+
+    def _goal_of(self, job: QueuedJob) -> _Goal | None:
+        """The live goal that queued `job`; None for a job queued before a restart."""
+        try:
+            key = bytes.fromhex(job.goal_id)
+        except ValueError:
+            return None
+        with self._goals_lock:
+            goal = self._goals.get(key)
+        return goal if goal is not None and goal.outcome is None else None
+
+    def _finish_cancelled_waiting(self) -> None:
+        with self._goals_lock:
+            waiting = [g for g in self._goals.values() if g.request_id and g.outcome is None]
+        for goal in waiting:
+            if goal.handle.is_cancel_requested and self.queue.drop_waiting(goal.request_id):
+                self._finish_unstarted(goal, JobOutcome(False, f"cancelled before it started; request "
+                                                               f"{goal.request_id} stays quarantined", cancelled=True),
+                                       "Unlearn goal cancelled")
+
+    def _finish_unstarted(self, goal: _Goal, outcome: JobOutcome, what: str) -> None:
+        """Give a goal that never ran its result (refused, or cancelled while waiting)."""
+        goal.outcome = outcome
+        goal.done.set()
+        self.get_logger().warning(f"{what}: {outcome.message}")
+        goal.handle.execute()
+
+    # ----- Unlearn: the goal's result --------------------------------------------------------
+    def _execute(self, handle: ServerGoalHandle) -> Unlearn.Result:
+        """Runs in an executor thread once the worker starts the job (or at once for a refusal):
+        waits for the worker's outcome and sets the goal's final state."""
+        key = bytes(handle.goal_id.uuid)
+        with self._goals_lock:
+            goal = self._goals.get(key)
+        if goal is None:
+            handle.abort()
+            return Unlearn.Result(success=False, message="internal error: unknown goal")
+        while not goal.done.wait(0.5):
+            if self._stopping.is_set() and not self._worker.is_alive():
+                break
+        outcome = goal.outcome or JobOutcome(False, "the server stopped; the request stays queued", interrupted=True)
+        with self._goals_lock:
+            self._goals.pop(key, None)
+        if outcome.success:
+            handle.succeed()
+        elif outcome.cancelled and handle.is_cancel_requested:
+            handle.canceled()
+        else:
+            handle.abort()
+        return outcome.to_result()
+
+    # ----- the worker ------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            job = self.queue.take_next()
+            if job is None:
+                self._wakeup.wait(1.0)
+                self._wakeup.clear()
+                continue
+            goal = self._goal_of(job)
+            if goal is not None and goal.handle.is_cancel_requested:
+                self.queue.finish(job.request_id)
+                self._finish_unstarted(goal, JobOutcome(False, f"cancelled before it started; request "
+                                                               f"{job.request_id} stays quarantined", cancelled=True),
+                                       "Unlearn goal cancelled")
+                continue
+            if goal is not None:
+                goal.handle.execute()   # EXECUTING; _execute waits for the outcome in an executor thread
+            outcome = self._run(job, goal)
+            if outcome.interrupted:
+                self.queue.release(job.request_id)
+            else:
+                self.queue.finish(job.request_id, outcome.model_dir)
+            if goal is not None:
+                goal.outcome = outcome
+                goal.done.set()
+
+    def _feedback(self, goal: _Goal | None, stage: str, progress: float, metrics: dict[str, float]) -> None:
+        if goal is None:
+            self.get_logger().info(f"{stage} {progress:.0%}", throttle_duration_sec=2.0)
+            return
+        goal.handle.publish_feedback(Unlearn.Feedback(stage=stage, progress=float(min(max(progress, 0.0), 1.0)),
+                                                      metrics=metrics_to_msgs(metrics)))
+
+    def _run(self, job: QueuedJob, goal: _Goal | None) -> JobOutcome:
+        cfg = self.config
+        began = time.monotonic()
+        swap = job.swap_on_success and bool(self.config.robots)
+        share = SWAP_SHARE if swap else 1.0
+
+        def progress(stage: str, fraction: float, metrics: dict[str, float]) -> None:
+            self._feedback(goal, stage, fraction * share, metrics)
+
+        def should_stop() -> bool:
+            if self._stopping.is_set():
+                raise ServerStopping
+            return goal is not None and goal.handle.is_cancel_requested
+
+        self.get_logger().info(f"unlearning {job.request_id} with {job.method} (dataset {job.dataset})")
+        try:
+            paths = self.api.make_paths(
+                dataset_dir=resolve_dataset_dir(self.data_root, job.dataset),
+                model_dir=Path(self.queue.current_model_dir), registry_dir=Path(cfg.registry_dir).expanduser(),
+                signing_key=Path(cfg.signing_key).expanduser(), work_dir=self.work_dir)
+            result = self.api.run(paths, job.request_id, job.method, self.unlearn_config, progress, should_stop,
+                                  cfg.purge_after_unlearn)
+        except ServerStopping:
+            return self._failed(job, "the server stopped during the job", began, interrupted=True)
+        except SafeRuleError as err:
+            cancelled = goal is not None and goal.handle.is_cancel_requested
+            return self._failed(job, str(err), began, cancelled=cancelled)
+        except Exception as err:  # a bug in a job: the ledger marks it failed; the node lives on
+            self.get_logger().error(f"{job.request_id}: {traceback.format_exc()}")
+            return self._failed(job, f"internal error: {type(err).__name__}: {err}", began)
+        message = (f"unlearned {job.request_id} with {job.method}: policy {result.new_version} "
+                   f"(parent {result.parent_version or 'none'})")
+        if swap:
+            self._feedback(goal, "swap", SWAP_SHARE, {})
+            message += "; " + self._swap_all(result.new_version)
+        self._feedback(goal, "done", 1.0, dict(result.metrics_after))
+        self.jobs_done += 1
+        self.get_logger().info(message)
+        return JobOutcome(True, message, result.new_version, result.parent_version or "", dict(result.metrics_before),
+                          dict(result.metrics_after), time.monotonic() - began, model_dir=str(result.model_dir))
+
+    def _failed(self, job: QueuedJob, message: str, began: float, cancelled: bool = False,
+                interrupted: bool = False) -> JobOutcome:
+        self.jobs_failed += 1
+        if interrupted:
+            message = f"{message}; {job.request_id} stays queued (unlearning) and resumes at the next start"
+        text = f"{job.request_id} {'cancelled' if cancelled else 'failed'}: {message}; the previous policy stays active"
+        self.get_logger().warning(text)
+        return JobOutcome(False, text, wall_time_s=time.monotonic() - began, cancelled=cancelled,
+                          interrupted=interrupted)
+
+    def _swap_all(self, version: str) -> str:
+        """Ask every configured runner to swap; one line of outcomes."""
+        parts = []
+        for robot, answer in self.fleet.swap_all(self.config.robots, version, self.config.swap_timeout_s).items():
+            if isinstance(answer, str) or not answer.ok:
+                text = answer if isinstance(answer, str) else f"refused ({answer.message})"
+                self.get_logger().warning(f"swap of {robot} to {version}: {text}")
+            else:
+                text = f"now {answer.active_version}"
+            parts.append(f"{robot} {text}")
+        return "swaps: " + ", ".join(parts)
+
+    # ----- start-up and shutdown -------------------------------------------------------------
+    def _recover(self) -> None:
+        """Jobs left in the state file: waiting ones stay; interrupted ones resume or fail."""
+        for job in self.queue.jobs():
+            try:
+                dataset_dir = resolve_dataset_dir(self.data_root, job.dataset)
+                ledger = ForgetLedger(dataset_dir)
+                entry = ledger.get(job.request_id)
+            except SafeRuleError as err:
+                self.get_logger().error(f"dropping queued {job.request_id}: {err}")
+                self.queue.finish(job.request_id)
+                continue
+            if entry.state in (LedgerState.UNLEARNED, LedgerState.PURGED):
+                self.get_logger().info(f"{job.request_id} already {entry.state.value}; removed from the queue")
+                self.queue.finish(job.request_id)
+            elif entry.state == LedgerState.FAILED:
+                self.get_logger().warning(f"{job.request_id} failed before the restart ({entry.error}); removed "
+                                          f"from the queue")
+                self.queue.finish(job.request_id)
+            elif entry.state == LedgerState.UNLEARNING:
+                if self.config.on_interrupted == "resume":
+                    self.get_logger().warning(f"{job.request_id} was interrupted mid-job; resuming it")
+                    continue
+                ledger.transition(job.request_id, LedgerState.FAILED,
+                                  error="interrupted: the unlearning server stopped during the job; "
+                                        "the previous policy stays active")
+                self.get_logger().warning(f"{job.request_id} was interrupted; marked failed (on_interrupted: fail)")
+                self.queue.finish(job.request_id)
+            else:
+                self.get_logger().info(f"{job.request_id} is still queued ({entry.state.value})")
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+        self._worker.join()
+        with self._goals_lock:
+            goals = list(self._goals.values())
+        for goal in goals:
+            if goal.outcome is None:
+                goal.outcome = JobOutcome(False, f"the server stopped; request {goal.request_id} stays queued and "
+                                                 f"runs after the next start", interrupted=True)
+            goal.done.set()
+        self.get_logger().info(f"stopped: {self.jobs_done} jobs done, {self.jobs_failed} failed, "
+                               f"{len(self.queue.jobs())} still queued")
+
+
+def main(args: Sequence[str] | None = None, job_api: JobApi | None = None) -> int:
+    def make_node() -> UnlearningServer:
+        return UnlearningServer(job_api=job_api)
+
+    make_node.__name__ = "unlearning_server"
+    return run_node(make_node, args, threads=4)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

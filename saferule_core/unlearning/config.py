@@ -1,0 +1,178 @@
+"""Typed settings of every unlearning method, and one config that holds them all.
+
+`UnlearnConfig(**mapping)` accepts plain nested dicts for the method sections (as read from YAML
+or a ROS parameter file) and turns them into the typed dataclasses; unknown keys are refused.
+The approximate methods (safe_rule, finetune, neggrad_plus, trajdeleter) share one update budget,
+`steps`, so that they are compared at equal compute by default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from saferule_core.errors import UnlearningError
+
+METHODS: tuple[str, ...] = ("safe_rule", "retrain", "finetune", "neggrad_plus", "trajdeleter", "sisa")
+
+
+def _check_positive(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise UnlearningError(f"{owner}.{name} must be a positive number, got {value!r}")
+
+
+def _check_non_negative(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise UnlearningError(f"{owner}.{name} must be a non-negative number, got {value!r}")
+
+
+def _check_fraction(owner: str, name: str, value: float, *, open_top: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value and \
+        (value < 1.0 if open_top else value <= 1.0)
+    if not ok:
+        raise UnlearningError(f"{owner}.{name} must be in [0, 1{')' if open_top else ']'}, got {value!r}")
+
+
+@dataclass
+class SafeRuleConfig:
+    """Safe-RULE's weights, margins and phases (see docs/safe_rule.md).
+
+    Margins and temperatures are relative: the reward hinge works in units of the policy's own
+    |Q_r| on the forget states, the cost hinge in units of the per-step cost threshold q*, the
+    actor hinge in mean squared unit-box action distance, the behaviour hinge in units of eps*
+    (a quantile of the behaviour model's reconstruction error (BCQ-Lag) or latent KL (CPQ) on
+    retained data).
+    """
+
+    repair_fraction: float = 0.3       # share of UnlearnConfig.steps spent repairing on retained data only
+    reward_weight: float = 10.0        # w_r
+    cost_weight: float = 10.0          # w_c
+    actor_weight: float = 1.0          # w_a
+    behaviour_weight: float = 1.0      # w_g
+    reward_margin: float = 0.1         # m_r, as a fraction of mean |Q_r(s, pi(s))| on forget states
+    cost_margin: float = 0.5           # m_c, as a fraction of q*
+    actor_margin: float = 0.05         # m_a, mean squared distance of pi(s) from the forget action
+    behaviour_quantile: float = 0.9    # eps* = this quantile of the behaviour model's score on retained data
+    temperature: float = 0.1           # tau, relative to each hinge's unit
+    select_every: int = 50             # snapshot spacing for the offline checkpoint choice (0: keep the last)
+
+    def validate(self) -> None:
+        _check_fraction("safe_rule", "repair_fraction", self.repair_fraction, open_top=True)
+        _check_non_negative("safe_rule", reward_weight=self.reward_weight, cost_weight=self.cost_weight,
+                            actor_weight=self.actor_weight, behaviour_weight=self.behaviour_weight,
+                            reward_margin=self.reward_margin, cost_margin=self.cost_margin)
+        _check_positive("safe_rule", actor_margin=self.actor_margin, temperature=self.temperature)
+        _check_fraction("safe_rule", "behaviour_quantile", self.behaviour_quantile)
+        if isinstance(self.select_every, bool) or not isinstance(self.select_every, int) or self.select_every < 0:
+            raise UnlearningError(f"safe_rule.select_every must be a non-negative integer, got {self.select_every!r}")
+
+
+@dataclass
+class NegGradPlusConfig:
+    """NegGrad+: each step descends the learner's loss on retained data and ascends it on forget data."""
+
+    ascent_weight: float = 0.1         # the forget gradient is multiplied by -ascent_weight
+
+    def validate(self) -> None:
+        _check_positive("neggrad_plus", ascent_weight=self.ascent_weight)
+
+
+@dataclass
+class TrajDeleterConfig:
+    """TrajDeleter-style two phases, without cost awareness.
+
+    Phase 1 (`forget_fraction` of the steps): the policy minimises its reward value on forget
+    states while keeping it on retained states. Phase 2: the learner's own updates on retained
+    data with the Lagrange multiplier (or CPQ's alpha) frozen.
+    """
+
+    forget_fraction: float = 0.3
+    forget_weight: float = 1.0         # weight of the forget-state reward value in phase 1
+
+    def validate(self) -> None:
+        _check_fraction("trajdeleter", "forget_fraction", self.forget_fraction)
+        _check_positive("trajdeleter", forget_weight=self.forget_weight)
+
+
+@dataclass
+class SISAConfig:
+    """SISA: K shard models trained on disjoint episode shards; only shards that held forget
+    episodes are retrained. `steps_per_shard` 0 keeps the steps each shard was trained with."""
+
+    shards: int = 4
+    steps_per_shard: int = 0
+
+    def validate(self) -> None:
+        if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1:
+            raise UnlearningError(f"sisa.shards must be a positive integer, got {self.shards!r}")
+        if isinstance(self.steps_per_shard, bool) or not isinstance(self.steps_per_shard, int) \
+                or self.steps_per_shard < 0:
+            raise UnlearningError(f"sisa.steps_per_shard must be a non-negative integer, got {self.steps_per_shard!r}")
+
+
+SECTIONS: dict[str, type] = {"safe_rule": SafeRuleConfig, "neggrad_plus": NegGradPlusConfig,
+                             "trajdeleter": TrajDeleterConfig, "sisa": SISAConfig}
+
+
+@dataclass
+class UnlearnConfig:
+    steps: int = 1000                  # update budget of the approximate methods (Safe-RULE: suppress + repair)
+    batch_size: int = 256              # retained transitions per update
+    forget_batch_size: int = 128       # forget transitions per update
+    retrain_steps: int = 0             # retrain: 0 = as many updates as the model was trained with
+    seed: int = 0
+    num_threads: int = 2
+    log_every: int = 50                # history/progress spacing, in updates
+    safe_rule: SafeRuleConfig = field(default_factory=SafeRuleConfig)
+    neggrad_plus: NegGradPlusConfig = field(default_factory=NegGradPlusConfig)
+    trajdeleter: TrajDeleterConfig = field(default_factory=TrajDeleterConfig)
+    sisa: SISAConfig = field(default_factory=SISAConfig)
+
+    def __post_init__(self) -> None:
+        for name, section_class in SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _section_from_dict(name, section_class, value))
+            elif not isinstance(value, section_class):
+                raise UnlearningError(f"{name} must be a mapping of {section_class.__name__} settings, "
+                                      f"got {type(value).__name__}")
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "forget_batch_size", "num_threads", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UnlearningError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("retrain_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UnlearningError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in SECTIONS:
+            getattr(self, name).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> UnlearnConfig:
+        """A config from a plain mapping; unknown keys are refused with the known ones named."""
+        if not isinstance(values, dict):
+            raise UnlearningError(f"an unlearning config must be a mapping, got {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UnlearningError(f"unknown unlearning settings: {', '.join(map(str, unknown))} "
+                                  f"(known: {', '.join(sorted(known))})")
+        return cls(**values)
+
+
+def _section_from_dict(name: str, section_class: type, values: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(section_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UnlearningError(f"unknown {name} settings: {', '.join(map(str, unknown))} "
+                              f"(known: {', '.join(sorted(known))})")
+    return section_class(**values)

@@ -1,0 +1,221 @@
+"""A forget request carried out end to end: the one home of the lifecycle that `saferule unlearn`
+and the ROS unlearning_server both run.
+
+    run_forget_job(paths, request_id, method) ->
+      check (nothing changes on a refusal) -> ledger `unlearning` (durable before work starts)
+      -> unlearn -> save the model -> export ONNX + signed publish (parent = registry latest)
+      -> ledger `unlearned` -> with purge: delete the episodes, ledger `purged`
+
+Refusals (an unknown or finished request, episodes already purged, an empty forget set, a forget
+set that is the whole dataset, a model that does not match the dataset) raise UnlearningError
+before the ledger or the registry is touched. Once the ledger says `unlearning`, any failure
+(cancellation included) moves it to `failed` with the message, leaves the registry as it was and
+is raised as UnlearningError. An interruption that is not an Exception (Ctrl-C, the process
+dying) leaves the request in `unlearning`, from where a later job resumes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from nacl.signing import SigningKey
+
+from saferule_core.algos.base import Learner
+from saferule_core.artifacts.export import default_check_observations, export_and_publish
+from saferule_core.artifacts.manifest import ArtifactManifest, ManifestFields
+from saferule_core.artifacts.registry import PolicyRegistry
+from saferule_core.artifacts.signing import load_signing_key
+from saferule_core.data.dataset import OfflineDataset
+from saferule_core.data.ledger import (ALLOWED_TRANSITIONS, ForgetLedger, LedgerEntry, LedgerError, LedgerState,
+                                       purge_forgotten)
+from saferule_core.data.store import DatasetStore
+from saferule_core.errors import SafeRuleError, UnlearningError
+from saferule_core.unlearning.api import UnlearnReport, check_forget_mask, check_learner_matches, unlearn
+from saferule_core.unlearning.config import METHODS, UnlearnConfig
+from saferule_core.unlearning.models import load_model, save_model_dir
+from saferule_core.unlearning.session import ProgressFn
+
+STARTABLE_STATES = frozenset({LedgerState.REQUESTED, LedgerState.QUARANTINED, LedgerState.UNLEARNING,
+                              LedgerState.FAILED})
+CHECK_OBSERVATIONS = 256   # rows of real observations in the export's ONNX-vs-torch check
+
+
+@dataclass
+class JobPaths:
+    dataset_dir: Path        # a DatasetStore directory (has ledger.jsonl)
+    model_dir: Path          # the trained model currently deployed (algos checkpoint or SISA directory)
+    registry_dir: Path       # PolicyRegistry root
+    signing_key: Path        # Ed25519 signing key file (or the key directory holding it)
+    work_dir: Path           # where unlearned model dirs are written (<work_dir>/<request_id>/)
+
+
+@dataclass
+class JobResult:
+    request_id: str
+    new_version: str
+    parent_version: str | None
+    model_dir: Path
+    report: UnlearnReport
+    metrics_before: dict[str, float]
+    metrics_after: dict[str, float]
+
+
+@dataclass
+class PreparedJob:
+    """What a checked request resolves to: the data to unlearn from and its forget mask."""
+
+    store: DatasetStore
+    entry: LedgerEntry
+    dataset: OfflineDataset
+    forget_mask: np.ndarray
+
+
+def check_startable(entry: LedgerEntry) -> None:
+    """Refuse requests that cannot (or can no longer) be unlearned, naming why."""
+    if entry.state == LedgerState.PURGED:
+        raise UnlearningError(f"request {entry.request_id}: its episodes are already forgotten (purged); "
+                              "there is nothing left to unlearn")
+    if entry.state == LedgerState.UNLEARNED:
+        raise UnlearningError(f"request {entry.request_id} is already unlearned (policy {entry.artifact_version})")
+    if entry.state == LedgerState.FAILED and LedgerState.UNLEARNING not in ALLOWED_TRANSITIONS[entry.state]:
+        raise UnlearningError(f"request {entry.request_id} failed earlier ({entry.error}); the ledger does not "
+                              "reopen failed requests, so file a new forget request for the same episodes")
+    if entry.state not in STARTABLE_STATES:
+        raise UnlearningError(f"request {entry.request_id} is {entry.state.value} and cannot be unlearned")
+
+
+def check_forget_ids(store: DatasetStore, episode_ids: Sequence[str], request_id: str) -> tuple[set[str], set[str]]:
+    """Refuse a forget set that is empty (nothing of it left) or the whole dataset, without loading
+    any rows. Returns (the forget set present in the store, the other quarantined episodes)."""
+    store.refresh()
+    present = set(store.episode_ids())
+    forget = {eid for eid in episode_ids if eid in present}
+    if not forget:
+        raise UnlearningError(f"request {request_id}: none of its {len(episode_ids)} episodes is in the dataset any "
+                              "more (already forgotten); there is nothing to unlearn")
+    others_quarantined = set(store.quarantined_ids()) - forget
+    if not present - forget - others_quarantined:
+        raise UnlearningError(f"request {request_id}: the forget set is the whole dataset ({len(forget)} episodes"
+                              f"{' with the other quarantined ones' if others_quarantined else ''}); nothing would "
+                              "remain to learn from; retire the policy instead")
+    return forget, others_quarantined
+
+
+def forget_split(store: DatasetStore, episode_ids: Sequence[str], request_id: str,
+                 progress: bool = False) -> tuple[OfflineDataset, np.ndarray]:
+    """The data a request is unlearned against and its forget mask.
+
+    The request's own episodes (quarantined or not) are the forget set; every other quarantined
+    episode belongs to another pending request and is left out of both parts.
+    """
+    forget, others_quarantined = check_forget_ids(store, episode_ids, request_id)
+    everything = store.load(exclude_quarantined=False, progress=progress)
+    ids = np.array(everything.episode_ids(), dtype=object)
+    keep = ~np.isin(ids, np.array(sorted(others_quarantined), dtype=object))
+    dataset = everything.subset_episodes(keep) if not keep.all() else everything
+    mask = np.isin(np.array(dataset.episode_ids(), dtype=object), np.array(sorted(forget), dtype=object))
+    return dataset, check_forget_mask(dataset, mask)
+
+
+def check_model_header(model_dir: Path, store: DatasetStore) -> Learner:
+    """Load the deployed model and refuse it unless its spaces and task match the dataset's."""
+    learner = load_model(model_dir)
+    manifest = store.manifest
+    info = learner.info
+    if (info.obs_dim, info.act_dim) != (manifest.obs_dim, manifest.act_dim):
+        raise UnlearningError(f"the model in {model_dir} ({info.algo}, task {info.task or '?'}) has obs_dim="
+                              f"{info.obs_dim}, act_dim={info.act_dim} but the dataset {store.path} (task "
+                              f"{store.task or '?'}) has obs_dim={manifest.obs_dim}, act_dim={manifest.act_dim}")
+    if info.task and store.task and info.task != store.task:
+        raise UnlearningError(f"the model in {model_dir} is for task {info.task} but the dataset {store.path} is "
+                              f"from task {store.task}")
+    return learner
+
+
+def prepare(paths: JobPaths, request_id: str, method: str) -> tuple[PreparedJob, Learner]:
+    """Every check that can refuse a job, with no side effect."""
+    if method not in METHODS:
+        raise UnlearningError(f"unknown unlearning method {method!r}; known: {', '.join(METHODS)}")
+    store = DatasetStore.open(paths.dataset_dir)
+    try:
+        entry = ForgetLedger(store.path).get(request_id)
+    except LedgerError as err:
+        raise UnlearningError(str(err)) from err
+    check_startable(entry)
+    learner = check_model_header(paths.model_dir, store)
+    dataset, mask = forget_split(store, entry.matched_episode_ids, request_id)
+    check_learner_matches(learner, dataset)
+    return PreparedJob(store, entry, dataset, mask), learner
+
+
+def run_forget_job(paths: JobPaths, request_id: str, method: str = "safe_rule", config: UnlearnConfig | None = None,
+                   progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
+                   purge: bool = False) -> JobResult:
+    """Carry out forget request `request_id` with `method`; see the module docstring."""
+    signing_key = load_signing_key(paths.signing_key)  # a missing key refuses before anything changes
+    registry = PolicyRegistry(paths.registry_dir)
+    registry.latest()                                  # a broken registry, too
+    job, learner = prepare(paths, request_id, method)
+    ledger = ForgetLedger(job.store.path)
+    entry = job.entry
+    try:
+        if entry.state == LedgerState.REQUESTED:
+            job.store.quarantine(list(entry.matched_episode_ids))
+            entry = ledger.transition(request_id, LedgerState.QUARANTINED)
+        if entry.state != LedgerState.UNLEARNING:
+            entry = ledger.transition(request_id, LedgerState.UNLEARNING)
+    except SafeRuleError as err:
+        raise UnlearningError(f"request {request_id}: cannot start: {err}") from err
+    try:
+        new_learner, report = unlearn(learner, job.dataset, job.forget_mask, method, config, progress, should_stop)
+        model_dir = save_model_dir(Path(paths.work_dir) / request_id, new_learner)
+        if progress is not None:
+            progress("publish", 1.0, {})
+        metrics_after = {**report.offline_after, **report.details, "wall_time_s": report.wall_time_s,
+                         "updates": float(report.updates)}
+        parent = registry.latest()
+        manifest = _publish(new_learner, job.dataset, job.forget_mask, registry, signing_key, parent, request_id,
+                            method, metrics_after)
+        ledger.transition(request_id, LedgerState.UNLEARNED, artifact_version=manifest.version,
+                          metrics=_finite(metrics_after))
+    except Exception as err:
+        message = str(err) if isinstance(err, SafeRuleError) else f"internal error: {type(err).__name__}: {err}"
+        ledger.transition(request_id, LedgerState.FAILED, error=message[:2000] or type(err).__name__)
+        if isinstance(err, UnlearningError):
+            raise
+        raise UnlearningError(f"request {request_id} failed: {message}") from err
+    if purge:
+        try:
+            purge_forgotten(job.store, request_id, ledger=ledger)
+        except SafeRuleError as err:
+            raise UnlearningError(f"request {request_id}: unlearned as {manifest.version}, but the purge "
+                                  f"failed: {err}") from err
+    return JobResult(request_id=request_id, new_version=manifest.version, parent_version=parent, model_dir=model_dir,
+                     report=report, metrics_before=dict(report.offline_before), metrics_after=metrics_after)
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
+
+
+def _publish(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, registry: PolicyRegistry,
+             signing_key: SigningKey, parent: str | None, request_id: str, method: str,
+             metrics: dict[str, float]) -> ArtifactManifest:
+    """Export the learner's deployable policy, check it on real and synthetic observations, publish it."""
+    info = learner.info
+    retained = dataset.observations[~dataset.transition_mask_for_episodes(forget_mask)]
+    rows = np.random.default_rng(0).choice(retained.shape[0], min(CHECK_OBSERVATIONS, retained.shape[0]),
+                                           replace=False)
+    real = retained[np.sort(rows)]
+    synthetic = default_check_observations(info.obs_dim, retained.mean(axis=0), retained.std(axis=0) + 1e-3)
+    fields = ManifestFields(
+        task=info.task, obs_dim=info.obs_dim, act_dim=info.act_dim,
+        action_low=[float(v) for v in info.stats.action_low], action_high=[float(v) for v in info.stats.action_high],
+        dataset_hash=info.dataset_hash, method=method, parent_version=parent, forget_request_id=request_id,
+        metrics=_finite(metrics))
+    _, manifest = export_and_publish(learner.deployable_policy(), fields, registry, signing_key,
+                                     check_batch=np.concatenate([real, synthetic]).astype(np.float32))
+    return manifest

@@ -1,0 +1,181 @@
+"""What unlearning reaches into a learner for, in one place: its policy, critics, behaviour model
+and optimizers, plus generic tools (copying a learner, freezing its controllers, adding an extra
+gradient to an optimizer's step).
+
+The learners stay untouched: unlearning composes with `learner.update(batch)` and adds its own
+terms through optimizer step pre-hooks (`extra_gradient`), so each learner's losses have exactly
+one home, its own module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from saferule_core.algos.base import Learner
+from saferule_core.algos.bc import BC
+from saferule_core.algos.bcq_lag import COST_MEMBERS, REWARD_MEMBERS, BCQLag
+from saferule_core.algos.cpq import CPQ
+from saferule_core.algos.networks import latent_kl
+from saferule_core.errors import UnlearningError
+
+
+def clone_learner(learner: Learner) -> Learner:
+    """An independent copy: same class, config, model info, weights, optimizer and controller state."""
+    clone_method = getattr(learner, "clone", None)
+    if callable(clone_method):
+        copied: Learner = clone_method()
+        return copied
+    copied = type(learner)(copy.deepcopy(learner.config), learner.info)
+    copied.load_state_dict(copy.deepcopy(learner.state_dict()))
+    copied.train_mode(True)
+    return copied
+
+
+def network_state(learner: Learner) -> dict[str, dict[str, torch.Tensor]]:
+    """A detached copy of every network's weights and buffers (no optimizer state)."""
+    return {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
+            for name, module in learner.networks().items()}
+
+
+def load_network_state(learner: Learner, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    for name, module in learner.networks().items():
+        module.load_state_dict(state[name])
+
+
+@contextlib.contextmanager
+def frozen_buffers(learner: Learner) -> Iterator[None]:
+    """Restore every buffer (the PID-Lagrangian's state, CPQ's alpha) when the block ends, so the
+    updates inside it cannot move the learner's constraint controllers."""
+    saved = [(buffer, buffer.detach().clone()) for module in learner.networks().values() for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+@contextlib.contextmanager
+def extra_gradient(optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter],
+                   loss_fn: Callable[[], torch.Tensor | None]) -> Iterator[None]:
+    """While the block runs, every `optimizer.step()` first adds d loss_fn() / d params to the
+    gradients already there, so the step follows (learner's loss + extra loss) in one update."""
+    params = [p for p in params if p.requires_grad]
+
+    def hook(_optimizer: torch.optim.Optimizer, _args: object, _kwargs: object) -> None:
+        loss = loss_fn()
+        if loss is None or not loss.requires_grad:
+            return
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for param, grad in zip(params, grads):
+            if grad is None:
+                continue
+            if param.grad is None:
+                param.grad = grad.detach().clone()
+            else:
+                param.grad.add_(grad)
+
+    handle = optimizer.register_step_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def scaled_gradients(optimizers: Sequence[torch.optim.Optimizer], scale: float) -> Iterator[None]:
+    """While the block runs, every step of these optimizers uses `scale` times the gradient
+    (a negative scale turns the learner's own descent into ascent)."""
+
+    def hook(optimizer: torch.optim.Optimizer, _args: object, _kwargs: object) -> None:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad.mul_(scale)
+
+    handles = [opt.register_step_pre_hook(hook) for opt in optimizers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class ModelParts:
+    """The parts of a learner that unlearning reads and writes. Critic fields are None for
+    learners without critics (BC), behaviour fields for learners without a behaviour model."""
+
+    learner: Learner
+    actor: nn.Module
+    actor_optimizer: torch.optim.Optimizer
+    critics: nn.Module | None = None
+    critic_optimizer: torch.optim.Optimizer | None = None
+    reward_members: slice | None = None
+    cost_members: slice | None = None
+    behaviour: nn.Module | None = None
+    behaviour_optimizer: torch.optim.Optimizer | None = None
+    q_threshold: float | None = None
+
+    @property
+    def has_critics(self) -> bool:
+        return self.critics is not None
+
+    def policy_actions(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deployed (deterministic) policy's unit-box actions; gradients reach the actor only."""
+        learner = self.learner
+        with learner.autocast():
+            if isinstance(learner, BCQLag):
+                with torch.no_grad():
+                    base = learner.vae.decode(obs)
+                actions = learner.actor(obs, base)
+            else:
+                actions = self.actor(obs)
+        return actions.float()
+
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """All critic members' values, [members, B]."""
+        if self.critics is None:
+            raise UnlearningError(f"{self.learner.info.algo} has no critics")
+        with self.learner.autocast():
+            return self.critics(obs, actions).float()
+
+    def behaviour_scores(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """How far the behaviour model is from proposing each (s, a), and the same measure for data
+        it has learned well, both [B]. BCQ-Lag's policy starts from the decoder's z = 0 action, so
+        its score is that action's mean squared distance from `a`, against the VAE's own
+        reconstruction error of `a` (latent at the encoder mean). CPQ uses the VAE as an
+        out-of-distribution detector, so its score is the latent KL that CPQ thresholds, for both."""
+        learner = self.learner
+        with learner.autocast():
+            if isinstance(learner, BCQLag):
+                mode = learner.vae.decode(obs).float()
+                mean, _ = learner.vae.encode(obs, actions)
+                reconstruction = learner.vae.decode(obs, mean).float()
+                return ((mode - actions).pow(2).mean(dim=-1), (reconstruction - actions).pow(2).mean(dim=-1))
+            if isinstance(learner, CPQ):
+                mean, std = learner.vae.encode(obs, actions)
+                kl = latent_kl(mean.float(), std.float())
+                return kl, kl
+        raise UnlearningError(f"{learner.info.algo} has no behaviour model")
+
+
+def model_parts(learner: Learner) -> ModelParts:
+    """The parts of a BCQ-Lag, CPQ or BC learner; UnlearningError for any other kind."""
+    if isinstance(learner, BCQLag):
+        return ModelParts(learner, learner.actor, learner.actor_optim, learner.critics, learner.critic_optim,
+                          REWARD_MEMBERS, COST_MEMBERS, learner.vae, learner.vae_optim, learner.q_threshold)
+    if isinstance(learner, CPQ):
+        return ModelParts(learner, learner.actor, learner.actor_optim, learner.critics, learner.critic_optim,
+                          learner.reward_members, learner.cost_members, learner.vae, learner.vae_optim,
+                          learner.q_threshold)
+    if isinstance(learner, BC):
+        return ModelParts(learner, learner.actor, learner.actor_optim)
+    raise UnlearningError(f"unlearning does not know the parts of a {learner.info.algo} model "
+                          f"({type(learner).__name__})")

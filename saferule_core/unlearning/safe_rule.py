@@ -1,0 +1,179 @@
+"""Safe-RULE: bounded suppression of the forget set, cost-aware repair on retained data, offline
+checkpoint choice. The math and the reasons are in docs/safe_rule.md.
+
+Each step runs the learner's own update on a retained batch; the forget terms join that same
+update through optimizer step pre-hooks (one Adam step per part on retained loss + forget term),
+so the Lagrange multiplier keeps adapting on retained states and no learner loss is restated here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from saferule_core.algos.batch import Batch
+from saferule_core.unlearning.config import SafeRuleConfig
+from saferule_core.unlearning.parts import (ModelParts, clone_learner, extra_gradient, load_network_state,
+                                            model_parts, network_state)
+from saferule_core.unlearning.session import ScoringStates, Session, offline_estimates
+
+SCALE_FLOOR = 1e-3   # smallest unit a relative margin is measured in
+
+
+def soft_hinge(x: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """tau * softplus(x / tau): ~max(x, 0), smooth; its gradient sigmoid(x / tau) lies in (0, 1) and
+    vanishes once x < 0 by a few tau (the constraint x <= 0 is met), so the term saturates."""
+    return temperature * F.softplus(x / temperature)
+
+
+@dataclass
+class ForgetTerms:
+    """Safe-RULE's forget-data terms for one model; `batch` is the current forget batch."""
+
+    parts: ModelParts
+    config: SafeRuleConfig
+    behaviour_threshold: float          # eps*
+    batch: Batch | None = None
+    last: dict[str, torch.Tensor] | None = None
+
+    def _record(self, name: str, value: torch.Tensor) -> None:
+        if self.last is not None:
+            self.last[name] = value.detach()
+
+    def critics(self) -> torch.Tensor | None:
+        """Reward value of forget actions below the policy's own value (by m_r); their cost value
+        at least the policy's (plus m_c). Per critic member; the comparison point is detached."""
+        parts, cfg, batch = self.parts, self.config, self.batch
+        if batch is None or not parts.has_critics or (cfg.reward_weight == 0 and cfg.cost_weight == 0):
+            return None
+        assert parts.reward_members is not None and parts.cost_members is not None
+        with torch.no_grad():
+            q_policy = parts.q_values(batch.observations, parts.policy_actions(batch.observations))
+            reward_ref = q_policy[parts.reward_members].min(dim=0).values
+            cost_ref = q_policy[parts.cost_members].max(dim=0).values
+            reward_unit = reward_ref.abs().mean().clamp_min(SCALE_FLOOR)
+            cost_unit = max(float(parts.q_threshold or 0.0), SCALE_FLOOR)
+        q_forget = parts.q_values(batch.observations, batch.actions)
+        reward_gap = q_forget[parts.reward_members] - reward_ref + cfg.reward_margin * reward_unit
+        cost_gap = cost_ref + cfg.cost_margin * cost_unit - q_forget[parts.cost_members]
+        reward_term = soft_hinge(reward_gap, cfg.temperature * reward_unit).mean(dim=1).sum()
+        cost_term = soft_hinge(cost_gap, cfg.temperature * cost_unit).mean(dim=1).sum()
+        self._record("forget_reward_hinge", reward_term)
+        self._record("forget_cost_hinge", cost_term)
+        self._record("forget_reward_violation", (reward_gap > 0).float().mean())
+        self._record("forget_cost_violation", (cost_gap > 0).float().mean())
+        return cfg.reward_weight * reward_term + cfg.cost_weight * cost_term
+
+    def actor(self) -> torch.Tensor | None:
+        """The policy's action at least m_a (mean squared distance) away from the forget action."""
+        cfg, batch = self.config, self.batch
+        if batch is None or cfg.actor_weight == 0:
+            return None
+        distance = (self.parts.policy_actions(batch.observations) - batch.actions).pow(2).mean(dim=-1)
+        term = soft_hinge(cfg.actor_margin - distance, cfg.temperature * cfg.actor_margin).mean()
+        self._record("forget_actor_hinge", term)
+        self._record("forget_action_sq_distance", distance.mean())
+        return cfg.actor_weight * term
+
+    def behaviour(self) -> torch.Tensor | None:
+        """The behaviour model proposes forget actions no more readily than eps*: BCQ-Lag's z = 0
+        action at least as far from them as its typical reconstruction error of retained actions;
+        for CPQ their latent KL at least a high quantile of the retained one (out of distribution)."""
+        cfg, batch = self.config, self.batch
+        if batch is None or self.parts.behaviour is None or cfg.behaviour_weight == 0:
+            return None
+        eps = max(self.behaviour_threshold, SCALE_FLOOR)
+        score, _ = self.parts.behaviour_scores(batch.observations, batch.actions)
+        term = soft_hinge(eps - score, cfg.temperature * eps).mean()
+        self._record("forget_behaviour_hinge", term)
+        return cfg.behaviour_weight * term
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """Add the terms to the learner's own optimizer steps while the block runs."""
+        parts = self.parts
+        with contextlib.ExitStack() as stack:
+            if parts.behaviour is not None and parts.behaviour_optimizer is not None:
+                stack.enter_context(extra_gradient(parts.behaviour_optimizer, list(parts.behaviour.parameters()),
+                                                   self.behaviour))
+            if parts.critics is not None and parts.critic_optimizer is not None:
+                stack.enter_context(extra_gradient(parts.critic_optimizer, list(parts.critics.parameters()),
+                                                   self.critics))
+            stack.enter_context(extra_gradient(parts.actor_optimizer, list(parts.actor.parameters()), self.actor))
+            yield
+
+
+@torch.no_grad()
+def behaviour_threshold(parts: ModelParts, retained: Batch, quantile: float) -> float:
+    """eps*: the `quantile` of the behaviour model's reference score on retained transitions."""
+    if parts.behaviour is None:
+        return 0.0
+    _, reference = parts.behaviour_scores(retained.observations, retained.actions)
+    return float(torch.quantile(reference, quantile))
+
+
+def run_safe_rule(session: Session) -> int | None:
+    """Suppress, repair, choose a checkpoint offline. Updates `session.learner` in place and returns
+    the chosen update count (None when there is nothing to choose from: BC, or select_every 0)."""
+    learner, cfg = session.learner, session.config.safe_rule
+    parts = model_parts(learner)
+    retained, forget = session.retained_sampler(), session.forget_sampler()
+    total = session.config.steps
+    repair_steps = int(round(cfg.repair_fraction * total))
+    suppress_steps = total - repair_steps
+    terms = ForgetTerms(parts, cfg, behaviour_threshold(parts, retained.sample(), cfg.behaviour_quantile))
+
+    selecting = parts.has_critics and cfg.select_every > 0
+    snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]] = []
+
+    def maybe_snapshot(step: int) -> None:
+        if selecting and step >= suppress_steps and (step == total or (step - suppress_steps) % cfg.select_every == 0):
+            snapshots.append((step, network_state(learner)))
+
+    learner.train_mode(True)
+    with terms.attached():
+        for step in range(1, suppress_steps + 1):
+            terms.batch = forget.sample()
+            terms.last = {}
+            metrics = learner.update(retained.sample())
+            session.step_done("suppress", step / total, {**metrics, **terms.last})
+            maybe_snapshot(step)
+    terms.batch = None
+    for step in range(suppress_steps + 1, total + 1):
+        session.step_done("repair", step / total, learner.update(retained.sample()))
+        maybe_snapshot(step)
+    session.flush("repair", 1.0)
+    if not snapshots:
+        return None
+    session.report_progress("select", 1.0)
+    return _choose_checkpoint(session, parts, snapshots)
+
+
+def _choose_checkpoint(session: Session, parts: ModelParts,
+                       snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]]) -> int:
+    """Score every snapshot's policy with the final critics on retained initial states: among those
+    with cost value <= q*, the highest reward value; if none is within q*, the lowest cost value.
+    Loads the chosen snapshot into the learner and returns its step."""
+    states = ScoringStates.of(session.learner, session.split, session.config.seed)
+    candidate = clone_learner(session.learner)
+    candidate_parts = model_parts(candidate)
+    scores = []
+    for step, state in snapshots:
+        load_network_state(candidate, state)
+        scores.append(offline_estimates(parts, states, policy=candidate_parts))
+    cost = np.array([s["cost_value"] for s in scores])
+    reward = np.array([s["reward_value"] for s in scores])
+    threshold = float(parts.q_threshold or 0.0)
+    within = cost <= threshold
+    best = int(np.flatnonzero(within)[np.argmax(reward[within])]) if within.any() else int(np.argmin(cost))
+    step, state = snapshots[best]
+    load_network_state(session.learner, state)
+    session.history.append({"update": float(session.updates), "selected_step": float(step),
+                            "selected_reward_value": float(reward[best]), "selected_cost_value": float(cost[best]),
+                            "candidates": float(len(snapshots)), "candidates_within_threshold": float(within.sum())})
+    return step

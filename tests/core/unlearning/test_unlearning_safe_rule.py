@@ -1,0 +1,81 @@
+"""Safe-RULE: the bounded hinge, its effect on a policy, and the offline checkpoint choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from saferule_core.algos.base import Learner
+from saferule_core.algos.trainer import seed_everything
+from saferule_core.data.dataset import OfflineDataset
+from saferule_core.unlearning.api import unlearn
+from saferule_core.unlearning.parts import model_parts
+from saferule_core.unlearning.safe_rule import soft_hinge
+from tests.core.unlearning.conftest import FORGET_ACTION, forget_mask_of, small_config
+
+
+def test_soft_hinge_gradient_is_bounded_and_vanishes_once_satisfied() -> None:
+    x = torch.tensor([-5.0, -1.0, -0.1, 0.0, 0.1, 1.0, 50.0], requires_grad=True)
+    value = soft_hinge(x, 0.1)
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    assert torch.all(grad >= 0) and torch.all(grad <= 1)          # bounded: never more than a unit push
+    assert grad[0] < 1e-20 and grad[1] < 1e-4                       # satisfied by many tau: no push left
+    assert grad[-1] > 0.999                                         # violated: saturates at 1, never grows
+    assert torch.isclose(grad[3], torch.tensor(0.5))
+    assert torch.all(value >= torch.clamp(x, min=0).detach())       # an upper bound of the plain hinge
+    assert torch.allclose(value[-1], x[-1])                          # ... and equal to it far from the kink
+
+
+def test_soft_hinge_scales_with_temperature() -> None:
+    x = torch.tensor([0.5])
+    assert torch.allclose(soft_hinge(x, 1.0), torch.nn.functional.softplus(x))
+    assert soft_hinge(x, 0.01) < soft_hinge(x, 1.0)
+
+
+def _forget_distance(learner: Learner, dataset: OfflineDataset) -> float:
+    """Mean L2 distance of the policy's unit actions from the forget action on forget states."""
+    mask = dataset.transition_mask_for_episodes(forget_mask_of(dataset))
+    obs = torch.from_numpy(learner.info.stats.normalize_observations(dataset.observations[mask]))
+    with torch.no_grad():
+        actions = model_parts(learner).policy_actions(obs)
+    return float((actions - FORGET_ACTION).norm(dim=-1).mean())
+
+
+def test_safe_rule_moves_bc_policy_away_from_forget_actions(trained: dict[str, Learner],
+                                                            dataset: OfflineDataset) -> None:
+    learner = trained["bc_all"]
+    before = _forget_distance(learner, dataset)
+    seed_everything(0)
+    new, report = unlearn(learner, dataset, forget_mask_of(dataset), "safe_rule", small_config(steps=60))
+    after = _forget_distance(new, dataset)
+    assert before < 0.4                          # the trained policy imitated the forget actions there
+    assert after > before + 0.4                  # and no longer does
+    assert report.selected_step is None          # BC has no critics: nothing to choose offline
+    assert _forget_distance(learner, dataset) == before   # the input learner is untouched
+
+
+def test_safe_rule_moves_bcq_lag_policy_further_than_finetuning(trained: dict[str, Learner],
+                                                                dataset: OfflineDataset) -> None:
+    learner, mask = trained["bcq_lag"], forget_mask_of(dataset)
+    before = _forget_distance(learner, dataset)
+    seed_everything(0)
+    safe_rule, report = unlearn(learner, dataset, mask, "safe_rule", small_config(steps=80))
+    seed_everything(0)
+    finetuned, _ = unlearn(learner, dataset, mask, "finetune", small_config(steps=80))
+    assert _forget_distance(safe_rule, dataset) > before + 0.2
+    assert _forget_distance(safe_rule, dataset) > _forget_distance(finetuned, dataset) + 0.1
+    hinges = [h["forget_behaviour_hinge"] for h in report.history if "forget_behaviour_hinge" in h]
+    assert hinges and all(np.isfinite(hinges)) and hinges[-1] < hinges[0]
+
+
+def test_checkpoint_choice_respects_the_cost_threshold(trained: dict[str, Learner], dataset: OfflineDataset) -> None:
+    config = small_config(steps=40, safe_rule={"select_every": 4, "repair_fraction": 0.5})
+    seed_everything(0)
+    _, report = unlearn(trained["bcq_lag"], dataset, forget_mask_of(dataset), "safe_rule", config)
+    choice = next(h for h in report.history if "selected_step" in h)
+    assert report.selected_step == int(choice["selected_step"])
+    assert 20 <= report.selected_step <= 40                 # only repair-phase snapshots are candidates
+    assert choice["candidates"] == 6                         # steps 20, 24, ..., 40
+    # every snapshot here is within q* (no costs in the data), so the choice is the best reward value
+    assert choice["candidates_within_threshold"] == 6
+    assert choice["selected_cost_value"] <= report.offline_after["q_threshold"]

@@ -1,0 +1,64 @@
+"""Starting an unlearning server (the real node, with the stand-in or the real job) and talking to it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from builtin_interfaces.msg import Time
+
+from saferule_core.data.ledger import ForgetLedger, LedgerEntry
+from saferule_interfaces.action import Unlearn
+from saferule_interfaces.srv import Forget
+from tests.ros.forget_fixtures import ServerFiles
+from tests.ros.ros_harness import REPO_ROOT, NodeProcess
+
+STAND_IN_MODULE = "tests.ros.unlearning_server_double"
+REAL_MODULE = "saferule_ros.unlearning_server"
+
+
+@contextmanager
+def server_process(files: ServerFiles, log: Path, robots: list[str] | None = None, stage_s: float = 0.05,
+                   module: str = STAND_IN_MODULE, **params: object) -> Iterator[NodeProcess]:
+    """An unlearning server process (SIGINT at exit). `stage_s`: the stand-in job's stage length."""
+    env = {**os.environ, "SAFERULE_DOUBLE_STAGE_S": str(stage_s)}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", *files.server_args(robots, **params)],
+                                cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    handle = NodeProcess(proc, log)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def forget_request(reason: str = "pytest: compromised robot", dataset: str = "", dry_run: bool = False,
+                   window_start: Time | None = None, window_end: Time | None = None,
+                   **lists: list[str]) -> Forget.Request:
+    request = Forget.Request(dataset=dataset, reason=reason, requester="pytest", dry_run=dry_run)
+    for name, values in lists.items():
+        setattr(request.selector, name, values)
+    if window_start is not None:
+        request.selector.window_start = window_start
+    if window_end is not None:
+        request.selector.window_end = window_end
+    return request
+
+
+def unlearn_goal(request_id: str = "", method: str = "finetune", swap: bool = False, **lists: list[str]) -> Unlearn.Goal:
+    goal = Unlearn.Goal(request_id=request_id, method=method, swap_on_success=swap)
+    for name, values in lists.items():
+        setattr(goal.selector, name, values)
+    return goal
+
+
+def ledger_entry(files: ServerFiles, request_id: str) -> LedgerEntry:
+    return ForgetLedger(files.dataset_dir).get(request_id)
+
+
+def ledger_entries(files: ServerFiles) -> list[LedgerEntry]:
+    return ForgetLedger(files.dataset_dir).entries()
