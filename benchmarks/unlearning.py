@@ -9,10 +9,15 @@ for). Reported per method: normalised reward and cost, wall time as a fraction o
 and forget quality = (mean action distance to the retrained policy on the forget states) /
 (the same for the poisoned policy): 0 acts like the retrained policy, 1 no closer than the poisoned.
 
-  .venv/bin/python benchmarks/unlearning.py --profile quick            # about 30 min on 2 quiet cores
+  .venv/bin/python benchmarks/unlearning.py --profile quick            # ~1.5 h on 2 shared cores (below)
   .venv/bin/python benchmarks/unlearning.py --profile full --seeds 0 1 2
   .venv/bin/python benchmarks/unlearning.py --profile quick --tasks BallRun --attacks relabel \\
       --methods safe_rule retrain                                      # a pilot
+
+The quick profile trains every model for 3000 updates (clean, poisoned, retrained, 4 SISA shards of
+750): 14 trainings of BCQ-Lag plus 24 short unlearning runs and 32 evaluations for two tasks; the
+BallRun half took 46 minutes on 2 cores shared with other work. Fewer --tasks/--attacks/--methods
+make it shorter.
 
 Everything expensive (datasets, trained models, unlearned models, evaluations) is cached under
 --work-dir, keyed by its settings, so a rerun (or an interrupted run) skips what is done. Writes
@@ -83,7 +88,8 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # Short training, one seed. 3000 updates is about the least with which the clean BCQ-Lag policy
-    # is safe (at 2000 its Lagrange multiplier has not caught up yet: measured, cost 9x the limit).
+    # is safe (at 2000 its Lagrange multiplier has not caught up yet: measured, cost 9x the limit);
+    # its Q-values are still rising there, so results are a transient's (docs/safe_rule.md).
     "quick": Profile(train_steps=3000, batch_size=256, unlearn_steps=100, eval_episodes=10,
                      episodes={"BallRun": 300, "CarCircle": 100, "CarRun": 100, "BallCircle": 150},
                      algo_overrides={"bcq_lag": {"phi": PHI}}),
@@ -493,7 +499,7 @@ def plot(summary_rows: list[dict[str, Any]], path: Path) -> None:
     bars.set_xticklabels([f"{t}\n{a}" for t, a in cases], fontsize=8)
     bars.set_ylabel("normalised cost @ threshold 10")
     bars.set_title("cost before (clean/poisoned) and after unlearning")
-    bars.legend(fontsize=7, ncol=2)
+    bars.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     scatter.axvline(1.0, color="black", linestyle="--", linewidth=1)
     scatter.set_xlabel("normalised cost @ 10")
     scatter.set_ylabel("normalised reward")

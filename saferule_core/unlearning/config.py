@@ -54,6 +54,8 @@ class SafeRuleConfig:
     behaviour_weight: float = 1.0      # w_g
     reward_margin: float = 0.1         # m_r, as a fraction of mean |Q_r(s, pi(s))| on forget states
     cost_margin: float = 0.5           # m_c, as a fraction of q*
+    max_reward_drop: float = 1.0       # a forget action's Q_r falls at most this many reward units below its start
+    max_cost_rise: float = 10.0        # a forget action's Q_c rises at most this many q* above its start
     actor_margin: float = 0.05         # m_a, mean squared distance of pi(s) from the forget action
     behaviour_quantile: float = 0.9    # eps* = this quantile of the behaviour model's score on retained data
     temperature: float = 0.1           # tau, relative to each hinge's unit
@@ -63,7 +65,8 @@ class SafeRuleConfig:
         _check_fraction("safe_rule", "repair_fraction", self.repair_fraction, open_top=True)
         _check_non_negative("safe_rule", reward_weight=self.reward_weight, cost_weight=self.cost_weight,
                             actor_weight=self.actor_weight, behaviour_weight=self.behaviour_weight,
-                            reward_margin=self.reward_margin, cost_margin=self.cost_margin)
+                            reward_margin=self.reward_margin, cost_margin=self.cost_margin,
+                            max_reward_drop=self.max_reward_drop, max_cost_rise=self.max_cost_rise)
         _check_positive("safe_rule", actor_margin=self.actor_margin, temperature=self.temperature)
         _check_fraction("safe_rule", "behaviour_quantile", self.behaviour_quantile)
         if isinstance(self.select_every, bool) or not isinstance(self.select_every, int) or self.select_every < 0:

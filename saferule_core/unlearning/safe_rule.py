@@ -33,13 +33,45 @@ def soft_hinge(x: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tens
 
 @dataclass
 class ForgetTerms:
-    """Safe-RULE's forget-data terms for one model; `batch` is the current forget batch."""
+    """Safe-RULE's forget-data terms for one model.
+
+    `start` fixes, when suppression begins, every forget transition's critic values and the reward
+    unit, so that each critic term moves its value at most a bounded distance from where it
+    started: the terms saturate when their constraint is met AND when that budget is used up.
+    """
 
     parts: ModelParts
     config: SafeRuleConfig
     behaviour_threshold: float          # eps*
+    forget: Batch | None = None         # every forget transition
+    start_q: torch.Tensor | None = None  # critic values of the forget transitions at the start [members, N]
+    reward_unit: float = 1.0            # mean |Q_r(s, pi(s))| on forget states at the start
     batch: Batch | None = None
+    batch_rows: torch.Tensor | None = None
     last: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def start(self, forget: Batch, chunk: int = 8192) -> None:
+        self.forget = forget
+        if not self.parts.has_critics:
+            return
+        assert self.parts.reward_members is not None
+        values, policy_values = [], []
+        for begin in range(0, forget.size, chunk):
+            obs = forget.observations[begin:begin + chunk]
+            values.append(self.parts.q_values(obs, forget.actions[begin:begin + chunk]))
+            policy_q = self.parts.q_values(obs, self.parts.policy_actions(obs))
+            policy_values.append(policy_q[self.parts.reward_members].min(dim=0).values)
+        self.start_q = torch.cat(values, dim=1)
+        self.reward_unit = max(float(torch.cat(policy_values).abs().mean()), SCALE_FLOOR)
+
+    def draw(self, size: int, generator: torch.Generator) -> None:
+        """The next forget batch (uniform, with replacement)."""
+        assert self.forget is not None
+        rows = torch.randint(self.forget.size, (size,), generator=generator, device=self.forget.observations.device)
+        self.batch_rows = rows
+        self.batch = Batch(*(getattr(self.forget, name).index_select(0, rows) for name in
+                             ("observations", "actions", "rewards", "costs", "next_observations", "terminals")))
 
     def _record(self, name: str, value: torch.Tensor) -> None:
         if self.last is not None:
@@ -47,26 +79,35 @@ class ForgetTerms:
 
     def critics(self) -> torch.Tensor | None:
         """Reward value of forget actions below the policy's own value (by m_r); their cost value
-        at least the policy's (plus m_c). Per critic member; the comparison point is detached."""
+        at least the policy's (plus m_c). Per critic member; the comparison point is detached; each
+        value moves at most max_reward_drop (reward units) / max_cost_rise (q* units) from its start."""
         parts, cfg, batch = self.parts, self.config, self.batch
         if batch is None or not parts.has_critics or (cfg.reward_weight == 0 and cfg.cost_weight == 0):
             return None
         assert parts.reward_members is not None and parts.cost_members is not None
+        assert self.start_q is not None and self.batch_rows is not None
+        reward_unit = self.reward_unit
+        cost_unit = max(float(parts.q_threshold or 0.0), SCALE_FLOOR)
         with torch.no_grad():
             q_policy = parts.q_values(batch.observations, parts.policy_actions(batch.observations))
             reward_ref = q_policy[parts.reward_members].min(dim=0).values
             cost_ref = q_policy[parts.cost_members].max(dim=0).values
-            reward_unit = reward_ref.abs().mean().clamp_min(SCALE_FLOOR)
-            cost_unit = max(float(parts.q_threshold or 0.0), SCALE_FLOOR)
+            start = self.start_q[:, self.batch_rows]
         q_forget = parts.q_values(batch.observations, batch.actions)
-        reward_gap = q_forget[parts.reward_members] - reward_ref + cfg.reward_margin * reward_unit
-        cost_gap = cost_ref + cfg.cost_margin * cost_unit - q_forget[parts.cost_members]
-        reward_term = soft_hinge(reward_gap, cfg.temperature * reward_unit).mean(dim=1).sum()
-        cost_term = soft_hinge(cost_gap, cfg.temperature * cost_unit).mean(dim=1).sum()
+        q_reward, q_cost = q_forget[parts.reward_members], q_forget[parts.cost_members]
+        reward_gap = q_reward - reward_ref + cfg.reward_margin * reward_unit
+        cost_gap = cost_ref + cfg.cost_margin * cost_unit - q_cost
+        with torch.no_grad():
+            reward_room = (q_reward > start[parts.reward_members] - cfg.max_reward_drop * reward_unit).float()
+            cost_room = (q_cost < start[parts.cost_members] + cfg.max_cost_rise * cost_unit).float()
+        reward_term = (reward_room * soft_hinge(reward_gap, cfg.temperature * reward_unit)).mean(dim=1).sum()
+        cost_term = (cost_room * soft_hinge(cost_gap, cfg.temperature * cost_unit)).mean(dim=1).sum()
         self._record("forget_reward_hinge", reward_term)
         self._record("forget_cost_hinge", cost_term)
         self._record("forget_reward_violation", (reward_gap > 0).float().mean())
         self._record("forget_cost_violation", (cost_gap > 0).float().mean())
+        self._record("forget_reward_budget_left", reward_room.mean())
+        self._record("forget_cost_budget_left", cost_room.mean())
         return cfg.reward_weight * reward_term + cfg.cost_weight * cost_term
 
     def actor(self) -> torch.Tensor | None:
@@ -127,6 +168,9 @@ def run_safe_rule(session: Session) -> int | None:
     repair_steps = int(round(cfg.repair_fraction * total))
     suppress_steps = total - repair_steps
     terms = ForgetTerms(parts, cfg, behaviour_threshold(parts, retained.sample(), cfg.behaviour_quantile))
+    terms.start(forget.rows(torch.arange(forget.num_transitions)))
+    generator = torch.Generator(device=learner.device)
+    generator.manual_seed(session.config.seed + 1)
 
     selecting = parts.has_critics and cfg.select_every > 0
     snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]] = []
@@ -138,7 +182,7 @@ def run_safe_rule(session: Session) -> int | None:
     learner.train_mode(True)
     with terms.attached():
         for step in range(1, suppress_steps + 1):
-            terms.batch = forget.sample()
+            terms.draw(session.config.forget_batch_size, generator)
             terms.last = {}
             metrics = learner.update(retained.sample())
             session.step_done("suppress", step / total, {**metrics, **terms.last})

@@ -79,3 +79,32 @@ def test_checkpoint_choice_respects_the_cost_threshold(trained: dict[str, Learne
     # every snapshot here is within q* (no costs in the data), so the choice is the best reward value
     assert choice["candidates_within_threshold"] == 6
     assert choice["selected_cost_value"] <= report.offline_after["q_threshold"]
+
+
+def test_critic_terms_stop_once_their_shift_budget_is_used(trained: dict[str, Learner],
+                                                          dataset: OfflineDataset) -> None:
+    from saferule_core.algos.batch import BatchSampler
+    from saferule_core.unlearning.config import SafeRuleConfig
+    from saferule_core.unlearning.parts import clone_learner
+    from saferule_core.unlearning.safe_rule import ForgetTerms
+
+    learner = clone_learner(trained["bcq_lag"])
+    parts = model_parts(learner)
+    forget = dataset.subset_episodes(forget_mask_of(dataset))
+    sampler = BatchSampler(forget, learner.info.stats, 8)
+    terms = ForgetTerms(parts, SafeRuleConfig(), behaviour_threshold=0.0)
+    terms.start(sampler.rows(torch.arange(sampler.num_transitions)))
+    assert terms.start_q is not None and terms.start_q.shape == (4, 40)
+    terms.draw(16, torch.Generator().manual_seed(0))
+
+    def critic_gradient_norm() -> float:
+        loss = terms.critics()
+        assert loss is not None
+        grads = torch.autograd.grad(loss, list(learner.critics.parameters()), allow_unused=True)
+        return float(sum(g.norm() for g in grads if g is not None))
+
+    assert critic_gradient_norm() > 0                     # fresh budget: the hinges push
+    shift = torch.zeros_like(terms.start_q)
+    shift[:2], shift[2:] = 1e6, -1e6                     # as if Q_r had already fallen and Q_c risen by a lot
+    terms.start_q = terms.start_q + shift
+    assert critic_gradient_norm() == 0                    # budget used up: no push left
