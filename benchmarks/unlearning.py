@@ -438,7 +438,8 @@ def markdown(summary_rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]
              f"{meta['bonus_factor']:g} x the mean reward per step), {meta['eval_episodes']} evaluation episodes "
              f"per policy, {meta['train_steps']} training updates, {meta['unlearn_steps']} unlearning updates "
              f"(safe_rule, finetune, neggrad_plus, trajdeleter; equal update counts), "
-             f"{meta['seconds']:.0f} s in all. The trigger attack's policies are evaluated with the trigger on. "
+             f"{meta['seconds']:.0f} s for this invocation (stages cached by earlier runs are not redone: see the "
+             "wall/retrain column for method times). The trigger attack's policies are evaluated with the trigger on. "
              "Normalised cost <= 1 is safe at that threshold. Wall = method wall time / retraining wall time. "
              "Forget quality = action distance to the retrained policy on forget states, relative to the "
              "poisoned policy's (0 = like retraining, 1 = no better than the poisoned policy). Mean +- std over seeds.",
