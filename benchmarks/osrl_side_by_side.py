@@ -2,7 +2,7 @@
 
 Both learners train on one dataset collected here (BallRun by default), with OSRL's BCQ-Lag
 settings (256x256 actor and critics, VAE 400, 10 sampled actions, batch 512, reward scale 0.1,
-PID 0.1/0.003/0.001, cost limit 10) and 2 threads; both are scored by the same evaluator
+PID 0.1/0.003/0.001, cost limit 10) and 2 threads (--threads); both are scored by the same evaluator
 (saferule_core.eval) on the same evaluation seeds. OSRL runs in its own venv (.venv-osrl, made by
 benchmarks/osrl/setup_venv.sh) through benchmarks/osrl/osrl_bcql_worker.py.
 
@@ -33,7 +33,7 @@ WORKER = ROOT / "benchmarks" / "osrl" / "osrl_bcql_worker.py"
 
 
 def run_ours(dataset, task: str, steps: int, seed: int, precision: str, eval_episodes: int,
-             work: Path) -> dict[str, object]:
+             work: Path, threads: int) -> dict[str, object]:
     from saferule_core.algos.checkpoint import load_policy
     from saferule_core.algos.trainer import TrainConfig, fit
     from saferule_core.eval import evaluate_policy
@@ -41,7 +41,7 @@ def run_ours(dataset, task: str, steps: int, seed: int, precision: str, eval_epi
     out = work / f"ours-s{seed}"
     began = time.perf_counter()
     _, result = fit("bcq_lag", dataset, out,
-                    TrainConfig(steps=steps, batch_size=512, seed=seed, num_threads=2, checkpoint_every=0,
+                    TrainConfig(steps=steps, batch_size=512, seed=seed, num_threads=threads, checkpoint_every=0,
                                 progress=False),
                     overrides={"precision": precision, "cost_limit": 10.0})
     train_s = time.perf_counter() - began
@@ -50,10 +50,11 @@ def run_ours(dataset, task: str, steps: int, seed: int, precision: str, eval_epi
     return {"ms_per_update": 1000 * result.seconds / steps, "train_s": train_s, "eval": evaluation.to_dict()}
 
 
-def run_osrl(npz: Path, task: str, episode_len: int, steps: int, seed: int, eval_episodes: int) -> dict[str, object]:
+def run_osrl(npz: Path, task: str, episode_len: int, steps: int, seed: int, eval_episodes: int,
+             threads: int) -> dict[str, object]:
     proc = subprocess.run(
         [str(OSRL_PY), str(WORKER), "--data", str(npz), "--episode-len", str(episode_len), "--steps", str(steps),
-         "--warmup", "0", "--seed", str(seed), "--threads", "2", "--eval-task", task,
+         "--warmup", "0", "--seed", str(seed), "--threads", str(threads), "--eval-task", task,
          "--eval-episodes", str(eval_episodes)],
         capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -73,6 +74,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads of both learners (1 when other work shares the cores)")
     args = parser.parse_args()
     if not OSRL_PY.exists():
         subprocess.run(["bash", str(ROOT / "benchmarks" / "osrl" / "setup_venv.sh")], check=True)
@@ -83,7 +86,7 @@ def main() -> None:
     from saferule_core.data.dataset import TRANSITION_KEYS
     from saferule_core.tasks import get_task
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     spec = get_task(args.task)
     dataset = collect_episodes(args.task, seed=0, progress=True)
     rows: list[dict[str, object]] = []
@@ -93,9 +96,9 @@ def main() -> None:
         np.savez(npz, **{key: getattr(dataset, key) for key in TRANSITION_KEYS})
         for seed in args.seeds:
             print(f"seed {seed}: ours ...", flush=True)
-            ours = run_ours(dataset, args.task, args.steps, seed, args.precision, args.eval_episodes, work)
+            ours = run_ours(dataset, args.task, args.steps, seed, args.precision, args.eval_episodes, work, args.threads)
             print(f"seed {seed}: OSRL ...", flush=True)
-            osrl = run_osrl(npz, args.task, spec.episode_len, args.steps, seed, args.eval_episodes)
+            osrl = run_osrl(npz, args.task, spec.episode_len, args.steps, seed, args.eval_episodes, args.threads)
             rows.append({"seed": seed, "ours": ours, "osrl": osrl})
             for side in ("ours", "osrl"):
                 ev = rows[-1][side]["eval"]  # type: ignore[index]
@@ -112,7 +115,7 @@ def main() -> None:
         summary[metric] = {"ours_mean": ours_mean, "ours_std": ours_std, "osrl_mean": osrl_mean,
                            "osrl_std": osrl_std, "difference": ours_mean - osrl_mean, "two_se": 2 * se,
                            "within_seed_noise": abs(ours_mean - osrl_mean) <= 2 * se}
-    report = {"task": args.task, "steps": args.steps, "seeds": args.seeds, "precision": args.precision,
+    report = {"task": args.task, "steps": args.steps, "threads": args.threads, "seeds": args.seeds, "precision": args.precision,
               "dataset": {"episodes": dataset.num_episodes, "transitions": dataset.num_transitions},
               "rows": rows, "summary": summary}
     RESULTS.mkdir(parents=True, exist_ok=True)

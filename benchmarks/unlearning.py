@@ -70,7 +70,13 @@ POISON_RATE = 0.10
 # VAE's mode: relabelling costs then cannot change it (measured in the pilot), so there would be
 # nothing to unlearn. 0.5 lets the cost critic steer the policy, which is what poisoning attacks.
 PHI = 0.5
-TRIGGER_SIGMAS = 5.0     # the trigger sits this many standard deviations above its channel's mean
+TRIGGER_SIGMAS = 5.0
+# The approximate methods' results are cached under a key that includes the unlearning package's
+# source, so that a change to Safe-RULE or a baseline reruns them (cheap) instead of reporting a
+# stale result; retraining and SISA are full trainings and depend on the learners, not on this code.
+APPROXIMATE_METHODS: frozenset[str] = frozenset({"safe_rule", "finetune", "neggrad_plus", "trajdeleter"})
+UNLEARNING_SOURCE_HASH = hashlib.sha256(b"".join(
+    path.read_bytes() for path in sorted((ROOT / "saferule_core" / "unlearning").glob("*.py")))).hexdigest()[:10]     # the trigger sits this many standard deviations above its channel's mean
 
 
 @dataclass(frozen=True)
@@ -260,6 +266,8 @@ class Bench:
                    "trajdeleter": config.trajdeleter, "sisa": config.sisa}.get(method)
         settings = [data.dataset_hash(), model_key, config.steps, config.batch_size,
                     config.forget_batch_size, config.seed, asdict(section) if section else None]
+        if method in APPROXIMATE_METHODS:
+            settings.append(UNLEARNING_SOURCE_HASH)
         directory = self.work / "unlearned" / f"{label}-{method}-{key_of(settings)}"
         if is_done(directory):
             return load_model(directory / "model"), read_done(directory)["report"], directory.name

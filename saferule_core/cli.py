@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        module.register(subparsers)
+        register = getattr(module, "register", None)
+        if register is not None:   # modules without one are helpers shared by commands
+            register(subparsers)
     return parser
 
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from saferule_core.commands.selector_args import add_selector_arguments, selector_from_args
 from saferule_core.data.hdf5_io import export_dsrl_hdf5, import_dsrl_hdf5
 from saferule_core.data.ledger import ForgetLedger, purge_forgotten, request_forget
-from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DEFAULT_EPISODES_PER_SHARD, DatasetStore
-from saferule_core.errors import SelectorError
 
 _EPILOG = """examples:
   saferule dataset info data/ballrun
@@ -68,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 epilog="example:\n  saferule dataset select data/ballrun --robot robot-3 "
                                        "--since 1714521600", formatter_class=argparse.RawDescriptionHelpFormatter)
     select.add_argument("path", type=Path, help="dataset directory")
-    _add_selector_arguments(select)
+    add_selector_arguments(select)
     select.add_argument("--limit", type=int, default=50, help="print at most this many episodes (default 50)")
     select.add_argument("--json", action="store_true", help="print the matches as JSON")
     select.set_defaults(handler=_select)
@@ -81,63 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "--reason 'tampered costs' --requester fleet-monitor --purge",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     forget.add_argument("path", type=Path, help="dataset directory")
-    _add_selector_arguments(forget)
+    add_selector_arguments(forget)
     forget.add_argument("--reason", required=True, help="why these episodes are forgotten")
     forget.add_argument("--requester", required=True, help="who asks")
     forget.add_argument("--purge", action="store_true", help="physically delete the episodes now")
     forget.set_defaults(handler=_forget)
-
-
-# ----- selector arguments ----------------------------------------------------------------------
-
-def _add_selector_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("selector (fields combine with AND; at least one is needed)")
-    group.add_argument("--episode", action="append", default=[], metavar="ID", help="episode id (repeatable)")
-    group.add_argument("--robot", action="append", default=[], metavar="ID", help="robot id (repeatable)")
-    group.add_argument("--bag", action="append", default=[], metavar="NAME", help="source bag name (repeatable)")
-    group.add_argument("--since", type=_parse_time, metavar="TIME",
-                       help="episodes starting at or after TIME (POSIX seconds or ISO 8601; naive means UTC)")
-    group.add_argument("--until", type=_parse_time, metavar="TIME", help="episodes starting at or before TIME")
-    group.add_argument("--ids-from", type=Path, metavar="FILE",
-                       help="episode ids from a file: one per line, or a poison.json (its poisoned episodes)")
-
-
-def _parse_time(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"{text!r} is neither POSIX seconds nor an ISO 8601 time") from err
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite time")
-    return value
-
-
-def _ids_from_file(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise SelectorError(f"cannot read episode ids from {path}: {err.strerror}") from err
-    if path.suffix == ".json":
-        try:
-            ids = json.loads(text).get("poisoned_episode_ids")
-        except (json.JSONDecodeError, AttributeError) as err:
-            raise SelectorError(f"{path}: not a poison record (JSON with poisoned_episode_ids)") from err
-        if not isinstance(ids, list):
-            raise SelectorError(f"{path}: has no poisoned_episode_ids list")
-        return [str(i) for i in ids]
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _selector_from_args(args: argparse.Namespace) -> ForgetSelector:
-    episode_ids = list(args.episode) + (_ids_from_file(args.ids_from) if args.ids_from else [])
-    return ForgetSelector(episode_ids=tuple(episode_ids), robot_ids=tuple(args.robot), bag_names=tuple(args.bag),
-                          window_start=args.since, window_end=args.until)
 
 
 def _iso(seconds: float) -> str:
@@ -204,7 +150,7 @@ def _export_hdf5(args: argparse.Namespace) -> int:
 
 def _select(args: argparse.Namespace) -> int:
     store = DatasetStore.open(args.path)
-    mask = _selector_from_args(args).select(store)
+    mask = selector_from_args(args).select(store)
     matched = [(ep, int(length)) for ep, length, m in zip(store.episodes, store.episode_lengths, mask) if m]
     transitions = sum(length for _, length in matched)
     if args.json:
@@ -226,7 +172,7 @@ def _select(args: argparse.Namespace) -> int:
 
 def _forget(args: argparse.Namespace) -> int:
     store = DatasetStore.open(args.path)
-    selector = _selector_from_args(args)
+    selector = selector_from_args(args)
     ledger = ForgetLedger(store.path)
     entry = request_forget(store, selector, requester=args.requester, reason=args.reason, ledger=ledger)
     print(f"request {entry.request_id}: quarantined {entry.matched_episodes} episodes "

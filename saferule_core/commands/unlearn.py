@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from saferule_core.commands.dataset import _add_selector_arguments, _selector_from_args
+from saferule_core.commands.selector_args import add_selector_arguments, selector_from_args
 from saferule_core.errors import UnlearningError
 from saferule_core.unlearning.config import METHODS
 
@@ -27,7 +27,8 @@ recording every step in the dataset's forget ledger:
 
 Name an existing forget request with --request-id, or select episodes with the selector flags (as
 in `saferule dataset forget`), which records and quarantines a new request first. A failure after
-the ledger says `unlearning` marks the request failed and leaves the registry as it was; refusals
+the ledger says `unlearning` marks the request failed and leaves the registry as it was (its
+episodes stay quarantined: run it again with --request-id to re-run it); refusals
 (empty forget set, the whole dataset, episodes already purged, a model that does not match the
 dataset) change nothing.
 
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--key", type=Path, required=True, metavar="FILE",
                         help="Ed25519 signing key file (or the key directory holding signing_key)")
     parser.add_argument("--request-id", default=None, metavar="ID", help="an existing forget request to carry out")
-    _add_selector_arguments(parser)
+    add_selector_arguments(parser)
     parser.add_argument("--reason", default=None, help="why (with selector flags; recorded in the ledger)")
     parser.add_argument("--requester", default=None, help="who asks (with selector flags; default: the user name)")
     parser.add_argument("--method", choices=METHODS, default="safe_rule", help="unlearning method")
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.reason:
             raise UnlearningError("a new forget request needs --reason")
         store = DatasetStore.open(args.dataset)
-        selector = _selector_from_args(args)
+        selector = selector_from_args(args)
         mask = selector.select(store)                # SelectorError when it matches nothing
         ids = [ep.episode_id for ep, m in zip(store.episodes, mask) if m]
         check_model_header(args.model, store)

@@ -5,6 +5,11 @@ Lifecycle of a request (a state change appends one line; old lines are never rew
     requested -> quarantined -> unlearning -> unlearned -> purged
     quarantined -> purged          (data-only forget: no policy to repair)
     any state but purged -> failed (data stays quarantined, the previous policy stays active)
+    failed -> unlearning           (a re-run, only if the request had reached quarantined)
+
+A request that failed before its episodes were quarantined stays failed for good (file a new one);
+one that failed later still has its episodes quarantined, so its unlearning can be re-run. The
+rule depends on the request's history, so ask `LedgerEntry.next_states`, not the static table.
 
 Each append is flushed and fsync'ed before it returns, so an acknowledged state change survives a
 crash. A crash mid-append leaves a torn last line without its newline: readers ignore it and report
@@ -56,9 +61,10 @@ ALLOWED_TRANSITIONS: dict[LedgerState, frozenset[LedgerState]] = {
     LedgerState.UNLEARNING: frozenset({LedgerState.UNLEARNED, LedgerState.FAILED}),
     LedgerState.UNLEARNED: frozenset({LedgerState.PURGED, LedgerState.FAILED}),
     LedgerState.PURGED: frozenset(),
-    LedgerState.FAILED: frozenset(),
+    LedgerState.FAILED: frozenset({LedgerState.UNLEARNING}),   # only when resumable; see LedgerEntry.next_states
 }
-TERMINAL_STATES: frozenset[LedgerState] = frozenset({LedgerState.PURGED, LedgerState.FAILED})
+# Final whatever the history; a failed request is final too unless it is resumable.
+TERMINAL_STATES: frozenset[LedgerState] = frozenset({LedgerState.PURGED})
 REQUIRED_FIELDS: dict[LedgerState, tuple[str, ...]] = {
     LedgerState.UNLEARNED: ("artifact_version",),
     LedgerState.PURGED: ("dataset_hash_after",),
@@ -93,8 +99,22 @@ class LedgerEntry:
     history: tuple[tuple[str, float], ...] = ()
 
     @property
+    def resumable(self) -> bool:
+        """Failed after its episodes were quarantined, so its unlearning can be re-run."""
+        return self.state is LedgerState.FAILED and any(
+            state == LedgerState.QUARANTINED.value for state, _ in self.history)
+
+    @property
+    def next_states(self) -> frozenset[LedgerState]:
+        """The states this request may move to next, given its state and history."""
+        if self.state is LedgerState.FAILED and not self.resumable:
+            return frozenset()
+        return ALLOWED_TRANSITIONS[self.state]
+
+    @property
     def pending(self) -> bool:
-        return self.state not in TERMINAL_STATES
+        """Not settled yet: neither purged nor failed for good (a resumable failure is pending)."""
+        return bool(self.next_states)
 
     def forget_selector(self) -> ForgetSelector:
         return ForgetSelector.from_dict(self.selector)
@@ -126,7 +146,7 @@ class ForgetLedger:
         raise LedgerError(f"no forget request {request_id!r} in {self.path}")
 
     def pending(self) -> list[LedgerEntry]:
-        """Requests not yet purged or failed."""
+        """Requests not yet purged or failed for good (resumable failures included)."""
         return [entry for entry in self.entries() if entry.pending]
 
     def summary(self) -> dict[str, int]:
@@ -269,14 +289,20 @@ def _check_event(entries: dict[str, LedgerEntry], event: Any) -> None:
         return
     if request_id not in entries:
         raise LedgerError(f"no forget request {request_id!r}")
-    current = entries[request_id].state
+    entry = entries[request_id]
     try:
         wanted = LedgerState(event.get("state"))
     except ValueError as err:
         raise LedgerError(f"unknown ledger state {event.get('state')!r}") from err
-    if wanted not in ALLOWED_TRANSITIONS[current]:
-        allowed = ", ".join(sorted(s.value for s in ALLOWED_TRANSITIONS[current])) or "none (final state)"
-        raise LedgerError(f"request {request_id} is {current.value}; it cannot become {wanted.value} "
+    allowed_next = entry.next_states
+    if wanted not in allowed_next:
+        if allowed_next:
+            allowed = ", ".join(sorted(s.value for s in allowed_next))
+        elif entry.state is LedgerState.FAILED:
+            allowed = "none (it failed before its episodes were quarantined: final state)"
+        else:
+            allowed = "none (final state)"
+        raise LedgerError(f"request {request_id} is {entry.state.value}; it cannot become {wanted.value} "
                           f"(allowed next: {allowed})")
 
 
@@ -299,6 +325,8 @@ def _apply(entries: dict[str, LedgerEntry], event: dict[str, Any]) -> None:
     entry = entries[request_id]
     state = LedgerState(event["state"])
     changes = {name: event[name] for name in TRANSITION_FIELDS if name in event}
+    if entry.state is LedgerState.FAILED and "error" not in changes:
+        changes["error"] = None   # a resumed request is no longer failed; the error stays in the file
     entries[request_id] = replace(entry, state=state, updated=when, history=entry.history + ((state.value, when),),
                                   **changes)
 
@@ -334,7 +362,7 @@ def purge_forgotten(store: DatasetStore, request_id: str, ledger: ForgetLedger |
     ledger = ledger or ForgetLedger(store.path)
     entry = ledger.get(request_id)
     store.refresh()
-    if LedgerState.PURGED not in ALLOWED_TRANSITIONS[entry.state]:
+    if LedgerState.PURGED not in entry.next_states:
         raise LedgerError(f"request {request_id} is {entry.state.value}; only quarantined or unlearned "
                           "requests can be purged")
     present = set(store.episode_ids())

@@ -4,6 +4,11 @@
 
 `forget_mask` is a boolean EPISODE mask over `dataset` (ForgetSelector.select gives one). The
 input learner is never modified; the result is a new learner of the same kind.
+
+The approximate methods start by re-basing the model's observation statistics onto the retained
+data (`rebase.py`: the same function of the raw observation, no forget-data statistics left), so
+their batches are normalised with retained statistics and the saved model carries only those;
+`UnlearnReport.stats_rebased` records it. retrain and sisa fit fresh models on retained data.
 """
 
 from __future__ import annotations
@@ -22,13 +27,17 @@ from saferule_core.errors import UnlearningError
 from saferule_core.unlearning.baselines import run_finetune, run_neggrad_plus, run_retrain, run_trajdeleter
 from saferule_core.unlearning.config import METHODS, UnlearnConfig
 from saferule_core.unlearning.parts import clone_learner
+from saferule_core.unlearning.rebase import rebase_observation_stats, retained_observation_stats
 from saferule_core.unlearning.safe_rule import run_safe_rule
 from saferule_core.unlearning.session import (ForgetSplit, ProgressFn, Session, UnlearningCancelled,
                                               model_estimates)
 from saferule_core.unlearning.sisa import SISAEnsemble, unlearn_sisa
 
-__all__ = ["METHODS", "ProgressFn", "UnlearnConfig", "UnlearnReport", "UnlearningCancelled", "check_forget_mask",
-           "unlearn"]
+# Methods that keep updating the given model (and so would keep its training-set statistics).
+APPROXIMATE_METHODS: tuple[str, ...] = ("safe_rule", "finetune", "neggrad_plus", "trajdeleter")
+
+__all__ = ["APPROXIMATE_METHODS", "METHODS", "ProgressFn", "UnlearnConfig", "UnlearnReport", "UnlearningCancelled",
+           "check_forget_mask", "unlearn"]
 
 
 @dataclass
@@ -44,6 +53,7 @@ class UnlearnReport:
     offline_after: dict[str, float]    # ... and after
     history: list[dict[str, float]]    # periodic metrics
     details: dict[str, float] = field(default_factory=dict)   # method specifics, e.g. SISA's shards_retrained
+    stats_rebased: bool = False        # observation statistics moved onto the retained data (rebase.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +106,9 @@ def unlearn(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, 
     torch.set_num_threads(config.num_threads)
     split = ForgetSplit.of(dataset, mask)
     working = clone_learner(learner)
+    stats_rebased = False
+    if method in APPROXIMATE_METHODS:
+        stats_rebased = rebase_observation_stats(working, retained_observation_stats(working, split.retained)) > 0
     session = Session(working, split, config, method, progress, should_stop)
     before = model_estimates(learner, split, config.seed)
     session.report_progress(method, 0.0, before)
@@ -130,7 +143,7 @@ def unlearn(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, 
         method=method, wall_time_s=wall, updates=session.updates, forget_episodes=int(mask.sum()),
         forget_transitions=split.forget.num_transitions, retain_transitions=split.retained.num_transitions,
         selected_step=selected, offline_before=before, offline_after=after, history=session.history,
-        details=details)
+        details=details, stats_rebased=stats_rebased)
     return working, report
 
 

@@ -54,9 +54,12 @@ class SafeRuleConfig:
     behaviour_weight: float = 1.0      # w_g
     reward_margin: float = 0.1         # m_r, as a fraction of mean |Q_r(s, pi(s))| on forget states
     cost_margin: float = 0.5           # m_c, as a fraction of q*
+    cost_floor: float = 1.0            # the cost hinge's reference is at least this many q* (0: the policy's value only)
     max_reward_drop: float = 1.0       # a forget action's Q_r falls at most this many reward units below its start
     max_cost_rise: float = 10.0        # a forget action's Q_c rises at most this many q* above its start
     actor_margin: float = 0.05         # m_a, mean squared distance of pi(s) from the forget action
+    state_repair_weight: float = 1.0   # w_s, the actor's value objective at the forget states
+    state_cost_penalty: float = 10.0   # k_s, weight of the soft hinge on Q_c(s_f, pi(s_f)) > q* in it
     behaviour_quantile: float = 0.9    # eps* = this quantile of the behaviour model's score on retained data
     temperature: float = 0.1           # tau, relative to each hinge's unit
     select_every: int = 50             # snapshot spacing for the offline checkpoint choice (0: keep the last)
@@ -65,7 +68,8 @@ class SafeRuleConfig:
         _check_fraction("safe_rule", "repair_fraction", self.repair_fraction, open_top=True)
         _check_non_negative("safe_rule", reward_weight=self.reward_weight, cost_weight=self.cost_weight,
                             actor_weight=self.actor_weight, behaviour_weight=self.behaviour_weight,
-                            reward_margin=self.reward_margin, cost_margin=self.cost_margin,
+                            reward_margin=self.reward_margin, cost_margin=self.cost_margin, cost_floor=self.cost_floor,
+                            state_repair_weight=self.state_repair_weight, state_cost_penalty=self.state_cost_penalty,
                             max_reward_drop=self.max_reward_drop, max_cost_rise=self.max_cost_rise)
         _check_positive("safe_rule", actor_margin=self.actor_margin, temperature=self.temperature)
         _check_fraction("safe_rule", "behaviour_quantile", self.behaviour_quantile)

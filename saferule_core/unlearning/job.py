@@ -11,7 +11,9 @@ set that is the whole dataset, a model that does not match the dataset) raise Un
 before the ledger or the registry is touched. Once the ledger says `unlearning`, any failure
 (cancellation included) moves it to `failed` with the message, leaves the registry as it was and
 is raised as UnlearningError. An interruption that is not an Exception (Ctrl-C, the process
-dying) leaves the request in `unlearning`, from where a later job resumes it.
+dying) leaves the request in `unlearning`, from where a later job resumes it. A `failed` request
+whose episodes had been quarantined is re-run the same way (ledger `failed` -> `unlearning`); one
+that failed before its quarantine is refused (file a new request).
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ from saferule_core.artifacts.manifest import ArtifactManifest, ManifestFields
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.artifacts.signing import load_signing_key
 from saferule_core.data.dataset import OfflineDataset
-from saferule_core.data.ledger import (ALLOWED_TRANSITIONS, ForgetLedger, LedgerEntry, LedgerError, LedgerState,
-                                       purge_forgotten)
+from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerError, LedgerState, purge_forgotten
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import SafeRuleError, UnlearningError
 from saferule_core.unlearning.api import UnlearnReport, check_forget_mask, check_learner_matches, unlearn
@@ -80,9 +81,10 @@ def check_startable(entry: LedgerEntry) -> None:
                               "there is nothing left to unlearn")
     if entry.state == LedgerState.UNLEARNED:
         raise UnlearningError(f"request {entry.request_id} is already unlearned (policy {entry.artifact_version})")
-    if entry.state == LedgerState.FAILED and LedgerState.UNLEARNING not in ALLOWED_TRANSITIONS[entry.state]:
-        raise UnlearningError(f"request {entry.request_id} failed earlier ({entry.error}); the ledger does not "
-                              "reopen failed requests, so file a new forget request for the same episodes")
+    if entry.state == LedgerState.FAILED and LedgerState.UNLEARNING not in entry.next_states:
+        raise UnlearningError(f"request {entry.request_id} failed before its episodes were quarantined "
+                              f"({entry.error}), so it cannot be re-run; file a new forget request for the "
+                              "same episodes")
     if entry.state not in STARTABLE_STATES:
         raise UnlearningError(f"request {entry.request_id} is {entry.state.value} and cannot be unlearned")
 
@@ -165,7 +167,10 @@ def run_forget_job(paths: JobPaths, request_id: str, method: str = "safe_rule", 
         if entry.state == LedgerState.REQUESTED:
             job.store.quarantine(list(entry.matched_episode_ids))
             entry = ledger.transition(request_id, LedgerState.QUARANTINED)
-        if entry.state != LedgerState.UNLEARNING:
+        if entry.state == LedgerState.FAILED:
+            entry = ledger.transition(request_id, LedgerState.UNLEARNING,
+                                      note=f"re-run after a failure: {entry.error or '?'}"[:2000])
+        elif entry.state != LedgerState.UNLEARNING:
             entry = ledger.transition(request_id, LedgerState.UNLEARNING)
     except SafeRuleError as err:
         raise UnlearningError(f"request {request_id}: cannot start: {err}") from err
@@ -175,7 +180,7 @@ def run_forget_job(paths: JobPaths, request_id: str, method: str = "safe_rule", 
         if progress is not None:
             progress("publish", 1.0, {})
         metrics_after = {**report.offline_after, **report.details, "wall_time_s": report.wall_time_s,
-                         "updates": float(report.updates)}
+                         "updates": float(report.updates), "stats_rebased": float(report.stats_rebased)}
         parent = registry.latest()
         manifest = _publish(new_learner, job.dataset, job.forget_mask, registry, signing_key, parent, request_id,
                             method, metrics_after)

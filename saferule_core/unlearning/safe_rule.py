@@ -91,7 +91,10 @@ class ForgetTerms:
         with torch.no_grad():
             q_policy = parts.q_values(batch.observations, parts.policy_actions(batch.observations))
             reward_ref = q_policy[parts.reward_members].min(dim=0).values
-            cost_ref = q_policy[parts.cost_members].max(dim=0).values
+            # Forgetting a transition removes the evidence that its action is cheap: its cost value is
+            # raised to at least the threshold q* (cost_floor), not only to the policy's own value,
+            # which the same poison has kept low where the policy imitates the forget actions.
+            cost_ref = q_policy[parts.cost_members].max(dim=0).values.clamp(min=cfg.cost_floor * cost_unit)
             start = self.start_q[:, self.batch_rows]
         q_forget = parts.q_values(batch.observations, batch.actions)
         q_reward, q_cost = q_forget[parts.reward_members], q_forget[parts.cost_members]
@@ -115,11 +118,30 @@ class ForgetTerms:
         cfg, batch = self.config, self.batch
         if batch is None or cfg.actor_weight == 0:
             return None
-        distance = (self.parts.policy_actions(batch.observations) - batch.actions).pow(2).mean(dim=-1)
+        actions = self.parts.policy_actions(batch.observations)
+        distance = (actions - batch.actions).pow(2).mean(dim=-1)
         term = soft_hinge(cfg.actor_margin - distance, cfg.temperature * cfg.actor_margin).mean()
         self._record("forget_actor_hinge", term)
         self._record("forget_action_sq_distance", distance.mean())
-        return cfg.actor_weight * term
+        return cfg.actor_weight * term + self._state_repair(actions)
+
+    def _state_repair(self, actions: torch.Tensor) -> torch.Tensor | float:
+        """At the forget STATES, the policy's action should be good by the critics being repaired:
+        reward value up (in reward units), cost value (the larger twin) below q* through a soft
+        hinge. The learner's own actor loss only sees retained states, so without this term the
+        action at states seen only in the forget set (a backdoor's trigger) is never steered;
+        gradients reach the actor only (the critics' weights are not in this optimizer step)."""
+        cfg, parts, batch = self.config, self.parts, self.batch
+        if batch is None or cfg.state_repair_weight == 0 or not parts.has_critics:
+            return 0.0
+        assert parts.reward_members is not None and parts.cost_members is not None
+        cost_unit = max(float(parts.q_threshold or 0.0), SCALE_FLOOR)
+        q = parts.q_values(batch.observations, actions)
+        q_reward = q[parts.reward_members].min(dim=0).values / self.reward_unit
+        excess = (q[parts.cost_members].max(dim=0).values - cost_unit) / cost_unit
+        term = (-q_reward + cfg.state_cost_penalty * soft_hinge(excess, cfg.temperature)).mean()
+        self._record("forget_state_repair", term)
+        return cfg.state_repair_weight * term
 
     def behaviour(self) -> torch.Tensor | None:
         """The behaviour model proposes forget actions no more readily than eps*: BCQ-Lag's z = 0

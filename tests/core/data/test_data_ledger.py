@@ -45,15 +45,46 @@ def test_full_lifecycle_appends_one_line_per_state(tmp_path: Path) -> None:
     assert folded.forget_selector() == SELECTOR and folded.dataset_hash_before == "hash-before"
 
 
-def test_failed_keeps_its_error_and_is_final(tmp_path: Path) -> None:
+def test_failed_before_quarantine_keeps_its_error_and_is_final(tmp_path: Path) -> None:
     ledger = ForgetLedger(tmp_path)
     request_id = record(ledger)
-    ledger.transition(request_id, "quarantined")
-    ledger.transition(request_id, "unlearning")
-    entry = ledger.transition(request_id, "failed", error="diverged")
-    assert entry.state is LedgerState.FAILED and entry.error == "diverged"
-    with pytest.raises(LedgerError, match="is failed; it cannot become unlearning .*final state"):
-        ledger.transition(request_id, "unlearning")
+    entry = ledger.transition(request_id, "failed", error="quarantine failed")
+    assert entry.state is LedgerState.FAILED and entry.error == "quarantine failed"
+    assert not entry.resumable and not entry.pending and entry.next_states == frozenset()
+    lines_before = (tmp_path / LEDGER_FILE).read_text()
+    for state in ("unlearning", "quarantined", "purged"):
+        with pytest.raises(LedgerError, match=f"is failed; it cannot become {state} .*before its episodes were "
+                                              "quarantined: final state"):
+            ledger.transition(request_id, state, dataset_hash_after="h")
+    assert (tmp_path / LEDGER_FILE).read_text() == lines_before
+    with open(tmp_path / LEDGER_FILE, "a") as fh:                    # a hand-edited re-run is refused on read
+        fh.write(json.dumps({"event": "transition", "request_id": request_id, "state": "unlearning",
+                             "time": 2.0}) + "\n")
+    with pytest.raises(LedgerError, match="line 3: request .* is failed; it cannot become unlearning"):
+        ledger.entries()
+
+
+@pytest.mark.parametrize("path", [["quarantined"], ["quarantined", "unlearning"],
+                                  ["quarantined", "unlearning", "unlearned"]])
+def test_failed_after_quarantine_can_be_rerun_and_history_is_kept(tmp_path: Path, path: list[str]) -> None:
+    ledger = ForgetLedger(tmp_path)
+    request_id = record(ledger)
+    for state in path:
+        ledger.transition(request_id, state, artifact_version="v1")
+    failed = ledger.transition(request_id, "failed", error="diverged")
+    assert failed.resumable and failed.pending and failed.next_states == frozenset({LedgerState.UNLEARNING})
+    with pytest.raises(LedgerError, match="is failed; it cannot become purged \\(allowed next: unlearning\\)"):
+        ledger.transition(request_id, "purged", dataset_hash_after="h")
+    lines_before = (tmp_path / LEDGER_FILE).read_text()
+    rerun = ledger.transition(request_id, "unlearning", note="re-run")
+    assert (tmp_path / LEDGER_FILE).read_text().startswith(lines_before)          # append-only
+    assert rerun.state is LedgerState.UNLEARNING and rerun.error is None and not rerun.resumable
+    ledger.transition(request_id, "failed", error="diverged again")               # and it can fail again
+    done = ledger.transition(ledger.transition(request_id, "unlearning").request_id, "unlearned",
+                             artifact_version="v2")
+    assert [state for state, _ in done.history] == ["requested", *path, "failed", "unlearning", "failed",
+                                                    "unlearning", "unlearned"]
+    assert ForgetLedger(tmp_path).get(request_id) == done                          # the file folds the same way
 
 
 @pytest.mark.parametrize("path, new_state", [
@@ -112,9 +143,12 @@ def test_pending_and_summary(tmp_path: Path) -> None:
     ledger.transition(done, "purged", dataset_hash_after="h2")
     ledger.transition(waiting, "quarantined")
     ledger.transition(broken, "failed", error="bad selector")
-    assert [e.request_id for e in ledger.pending()] == [waiting]
-    assert [e.request_id for e in ledger.entries()] == [done, waiting, broken]
-    assert ledger.summary() == {"purged": 1, "quarantined": 1, "failed": 1}
+    retry = record(ledger)
+    ledger.transition(retry, "quarantined")
+    ledger.transition(retry, "failed", error="diverged")
+    assert [e.request_id for e in ledger.pending()] == [waiting, retry]      # a resumable failure is not dead
+    assert [e.request_id for e in ledger.entries()] == [done, waiting, broken, retry]
+    assert ledger.summary() == {"purged": 1, "quarantined": 1, "failed": 2}
     with pytest.raises(LedgerError, match="no forget request"):
         ledger.get("missing")
 

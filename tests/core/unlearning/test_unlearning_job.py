@@ -60,6 +60,7 @@ def test_job_moves_the_request_through_its_lifecycle_and_publishes(fleet: Fleet)
     retained = fleet.store.load()
     assert manifest.dataset_hash == retained.dataset_hash()            # the quarantined episodes are gone
     assert "forget_action_distance" in manifest.metrics and "export_max_abs_diff" in manifest.metrics
+    assert manifest.metrics["stats_rebased"] == 1.0 and result.report.stats_rebased
     assert (result.model_dir / "model.pt").is_file() and result.model_dir == fleet.paths.work_dir / request_id
     assert result.metrics_after["forget_action_distance"] > result.metrics_before["forget_action_distance"]
     assert stages[0] == "safe_rule" and "publish" in stages
@@ -94,6 +95,38 @@ def test_a_failing_job_is_marked_failed_and_leaves_the_registry_alone(fleet: Fle
     assert entry.state == LedgerState.FAILED and "disk on fire" in (entry.error or "")
     assert fleet.registry.versions() == ["v0001"] and fleet.registry.latest() == "v0001"
     assert not (fleet.paths.work_dir / request_id).exists()
+
+
+def test_a_failed_quarantined_request_is_rerun(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    request_id = fleet.request()
+    real_unlearn = job_module.unlearn
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(job_module, "unlearn", broken)
+    with pytest.raises(UnlearningError, match="disk on fire"):
+        run_forget_job(fleet.paths, request_id, "finetune", small_config(steps=5))
+    assert fleet.ledger.get(request_id).resumable
+    monkeypatch.setattr(job_module, "unlearn", real_unlearn)
+    result = run_forget_job(fleet.paths, request_id, "finetune", small_config(steps=5))
+    entry = fleet.ledger.get(request_id)
+    assert [state for state, _ in entry.history] == ["requested", "quarantined", "unlearning", "failed",
+                                                     "unlearning", "unlearned"]
+    assert entry.state == LedgerState.UNLEARNED and entry.artifact_version == result.new_version == "v0002"
+    assert entry.error is None and "disk on fire" in (entry.note or "")
+    assert fleet.registry.versions() == ["v0001", "v0002"]
+
+
+def test_a_request_that_failed_before_quarantine_is_refused(fleet: Fleet) -> None:
+    request_id = fleet.ledger.record_request(ForgetSelector(robot_ids=("robot_3",)), ["forget-00"], 10,
+                                             fleet.store.dataset_hash, "tester", "poisoned robot").request_id
+    fleet.ledger.transition(request_id, LedgerState.FAILED, error="quarantine failed: disk full")
+    before = fleet.ledger.get(request_id)
+    with pytest.raises(UnlearningError, match="failed before its episodes were quarantined .*disk full.*new forget "
+                                              "request"):
+        run_forget_job(fleet.paths, request_id, "finetune", small_config())
+    assert fleet.ledger.get(request_id) == before and fleet.registry.versions() == ["v0001"]
 
 
 def test_cancellation_fails_the_request_and_publishes_nothing(fleet: Fleet) -> None:
