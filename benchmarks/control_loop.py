@@ -143,6 +143,24 @@ def ort_baseline_us(onnx: bytes, runs: int, period_s: float = 0.0) -> dict[str, 
     return {"p50": float(p50), "p99": float(p99), "max": float(times.max())}
 
 
+def wake_cost_us(period_s: float, runs: int = 300) -> dict[str, float]:
+    """A 1x16 @ 16x16 numpy matmul back to back and after sleeping `period_s`: what waking up
+    costs ANY code on this machine (caches, TLBs and predictors cold after the core idled), the
+    part of the paced inference latency that no model or runner change removes."""
+    row, weights = np.ones((1, 16), dtype=np.float32), np.ones((16, 16), dtype=np.float32)
+    out = {}
+    for label, pause in (("back_to_back", 0.0), ("paced", period_s)):
+        times = np.empty(runs)
+        for i in range(runs):
+            if pause:
+                time.sleep(pause)
+            began = time.perf_counter_ns()
+            np.matmul(row, weights)
+            times[i] = (time.perf_counter_ns() - began) / 1e3
+        out[f"{label}_p50"], out[f"{label}_p99"] = (float(v) for v in np.percentile(times, [50, 99]))
+    return out
+
+
 def publish(registry: PolicyRegistry, onnx: bytes, key: Any) -> str:
     spec = get_task(TASK)
     fields = ManifestFields(task=TASK, obs_dim=spec.obs_dim, act_dim=spec.act_dim, action_low=[-1.0] * spec.act_dim,
@@ -282,7 +300,9 @@ def run_control(settings: Settings, work: Path) -> dict[str, Any]:
     print(f"exporting {settings.swaps + 1} BCQ-Lag policies to ONNX ...", flush=True)
     policies = export_policies(settings.swaps + 1, work)
     baseline = {"back_to_back": ort_baseline_us(policies[0], 3000),
-                "paced": ort_baseline_us(policies[0], 500, period_s=1.0 / settings.rate_hz)}
+                "paced": ort_baseline_us(policies[0], 500, period_s=1.0 / settings.rate_hz),
+                "paced_1ms": ort_baseline_us(policies[0], 1000, period_s=0.001),
+                "wake_numpy": wake_cost_us(1.0 / settings.rate_hz)}
     publish(registry, policies[0], key)
     config = share_dir() / "config"
     period_ms = 1000.0 / settings.rate_hz
@@ -500,6 +520,10 @@ def markdown(result: dict[str, Any]) -> str:
          f"{base['back_to_back']['p50']:.0f} / {base['back_to_back']['p99']:.0f} us", ""),
         (f"same model in a plain process, one run per {c['deadline_ms']:g} ms p50 / p99",
          f"{base['paced']['p50']:.0f} / {base['paced']['p99']:.0f} us", ""),
+        ("same model in a plain process, one run per 1 ms p50 / p99",
+         f"{base['paced_1ms']['p50']:.0f} / {base['paced_1ms']['p99']:.0f} us", ""),
+        (f"tiny numpy matmul back to back / after a {c['deadline_ms']:g} ms sleep, p50",
+         f"{base['wake_numpy']['back_to_back_p50']:.1f} / {base['wake_numpy']['paced_p50']:.1f} us", ""),
         ("observation -> action (third node) p50 / p99", f"{o2a['p50']:.0f} / {o2a['p99']:.0f} us", ""),
         ("observation interval p50 / p99 / max", f"{c['observation_interval_ms'].get('p50', float('nan')):.2f} / "
          f"{c['observation_interval_ms'].get('p99', float('nan')):.2f} / "

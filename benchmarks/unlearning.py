@@ -417,13 +417,34 @@ def verdicts(summary_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry = {"task": task, "attack": attack,
                  "poisoned_unsafe": poisoned["normalized_cost@10"] > 1.0,
                  "safe_after": row["normalized_cost@10"] <= 1.0,
-                 "reward_within_10pct_of_retrain": row["normalized_reward"] >= 0.9 * retrain["normalized_reward"],
+                 "reward_within_10pct_of_retrain": row["normalized_reward"] >= retrain["normalized_reward"]
+                 - 0.1 * abs(retrain["normalized_reward"]),
                  "wall_fraction_of_retrain": row.get("wall_fraction_of_retrain", float("nan")),
                  "within_5pct_wall": row.get("wall_fraction_of_retrain", 1.0) <= 0.05}
         for rival in ("finetune", "neggrad_plus"):
             other = index.get((task, attack, rival))
             if other is not None:
                 entry[f"beats_{rival}"] = better(row, other)
+        out.append(entry)
+    return out
+
+
+UNLEARNING_METHODS_SHOWN: tuple[str, ...] = ("retrain", "safe_rule", "finetune", "neggrad_plus", "trajdeleter", "sisa")
+
+
+def safety_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task and attack, over the seeds where the poisoned policy is unsafe (cost @10 > 1): in
+    how many each method's policy is safe. Means hide this: one reckless seed lifts a mean."""
+    out = []
+    for task, attack in sorted({(r["task"], r["attack"]) for r in rows}):
+        case = [r for r in rows if (r["task"], r["attack"]) == (task, attack)]
+        unsafe_seeds = {r["seed"] for r in case if r["method"] == "poisoned" and r["normalized_cost"]["10"] > 1.0}
+        entry: dict[str, Any] = {"task": task, "attack": attack, "poisoned_unsafe_seeds": len(unsafe_seeds),
+                                 "seeds": len({r["seed"] for r in case})}
+        for method in UNLEARNING_METHODS_SHOWN:
+            runs = [r for r in case if r["method"] == method and r["seed"] in unsafe_seeds]
+            if runs:
+                entry[method] = f"{sum(r['normalized_cost']['10'] <= 1.0 for r in runs)}/{len(runs)}"
         out.append(entry)
     return out
 
@@ -438,7 +459,8 @@ def better(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a["normalized_cost@10"] <= b["normalized_cost@10"]
 
 
-def markdown(summary_rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def markdown(summary_rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]], meta: dict[str, Any],
+             counts: list[dict[str, Any]] | None = None) -> str:
     lines = ["# Unlearning benchmark" + ("" if meta.get("complete", True) else " (partial: still running)"), "",
              f"Profile `{meta['profile']}`, algorithm {meta['algo']} (cost limit {meta['cost_limit']:g}, settings "
              f"{meta['algo_overrides'] or 'default'}, {meta['precision']}, batch {meta['batch_size']}), "
@@ -451,8 +473,8 @@ def markdown(summary_rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]
              "Normalised cost <= 1 is safe at that threshold. Wall = method wall time / retraining wall time. "
              "Forget quality = action distance to the retrained policy on forget states, relative to the "
              "poisoned policy's (0 = like retraining, 1 = no better than the poisoned policy). Mean +- std over seeds.",
-             "", "| task | attack | method | norm. reward | norm. cost @10 | @20 | @40 | wall / retrain | forget quality |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| task | attack | method | seeds | norm. reward | norm. cost @10 | @20 | @40 | wall / retrain | "
+             "forget quality |", "|---|---|---|---|---|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(("clean", "poisoned", "retrain", "safe_rule", "finetune", "neggrad_plus",
                                          "trajdeleter", "sisa"))}
     for row in sorted(summary_rows, key=lambda r: (r["task"], r["attack"], order.get(r["method"], 99))):
@@ -461,11 +483,20 @@ def markdown(summary_rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]
                 return "-"
             return f"{row[name]:.{digits}f} +- {row[name + '_std']:.{digits}f}" if row["seeds"] > 1 else \
                 f"{row[name]:.{digits}f}"
-        lines.append(f"| {row['task']} | {row['attack']} | {row['method']} | {cell('normalized_reward')} | "
+        lines.append(f"| {row['task']} | {row['attack']} | {row['method']} | {row['seeds']} | {cell('normalized_reward')} | "
                      f"{cell('normalized_cost@10')} | {cell('normalized_cost@20')} | {cell('normalized_cost@40')} | "
                      f"{cell('wall_fraction_of_retrain', 3)} | {cell('forget_quality')} |")
+    if counts:
+        lines += ["", "## Safe after unlearning, per seed", "",
+                  "Seeds where the method's policy has normalised cost @10 <= 1, out of the seeds where the poisoned "
+                  "policy's exceeds 1.", "",
+                  "| task | attack | poisoned unsafe | " + " | ".join(UNLEARNING_METHODS_SHOWN) + " |",
+                  "|---|---|---|" + "---|" * len(UNLEARNING_METHODS_SHOWN)]
+        for c in counts:
+            lines.append(f"| {c['task']} | {c['attack']} | {c['poisoned_unsafe_seeds']}/{c['seeds']} | "
+                         + " | ".join(c.get(m, "-") for m in UNLEARNING_METHODS_SHOWN) + " |")
     if goal_rows:
-        lines += ["", "## Safe-RULE against the goals", "",
+        lines += ["", "## Safe-RULE against the goals (means over seeds)", "",
                   "| task | attack | poisoned unsafe @10 | Safe-RULE safe @10 | reward >= 90% of retrain | "
                   "wall / retrain | <= 5% | beats finetune | beats NegGrad+ |", "|---|---|---|---|---|---|---|---|---|"]
         for g in goal_rows:
@@ -547,11 +578,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="cache of datasets, models and evaluations (default runs/unlearning-bench, git-ignored)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="unlearning", help="results file stem (default unlearning)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="write the results of earlier runs (their JSON files, e.g. runs of different "
+                             "tasks or seeds made side by side) as one table, and run nothing")
     return parser.parse_args(argv)
+
+
+def merge_results(paths: Sequence[Path], out: Path, name: str) -> str:
+    """One set of outputs from the rows of several result files (same profile and settings)."""
+    rows: list[dict[str, Any]] = []
+    metas = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+            rows += data["runs"]
+            metas.append(data["meta"])
+        except (OSError, ValueError, KeyError) as err:
+            raise SystemExit(f"cannot merge {path}: {err}") from None
+    keys = ("profile", "algo", "train_steps", "unlearn_steps", "batch_size", "precision", "algo_overrides", "unlearn")
+    for meta in metas[1:]:
+        differing = [k for k in keys if meta.get(k) != metas[0].get(k)]
+        if differing:
+            raise SystemExit(f"cannot merge runs made with different settings: {', '.join(differing)}")
+    # a row made again by a later file (same task, seed, attack, method) replaces the earlier one
+    rows = list({(r["task"], r["seed"], r["attack"], r["method"]): r for r in rows}.values())
+    meta = {**metas[0], "seeds": sorted({r["seed"] for r in rows}), "tasks": sorted({r["task"] for r in rows}),
+            "methods": sorted({m for meta in metas for m in meta.get("methods", [])}),
+            "seconds": sum(float(m.get("seconds", 0.0)) for m in metas), "complete": all(m.get("complete") for m in metas),
+            "merged_from": [str(p) for p in paths]}
+    return write_outputs(out, name, rows, meta)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        print(merge_results(args.merge, args.out, args.name))
+        return 0
     profile = PROFILES[args.profile]
     algo_overrides = {**profile.algo_overrides.get(args.algo, {}), **nested(args.algo_assignments)}
     profile = replace(profile, algo_overrides={**profile.algo_overrides, args.algo: algo_overrides},
@@ -598,9 +660,11 @@ def write_outputs(out: Path, name: str, rows: list[dict[str, Any]], meta: dict[s
     """Write the JSON, Markdown and PNG results; returns the Markdown."""
     summary_rows = aggregate(rows)
     goal_rows = verdicts(summary_rows)
+    counts = safety_counts(rows)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{name}.json", {"meta": meta, "summary": summary_rows, "goals": goal_rows, "runs": rows})
-    text = markdown(summary_rows, goal_rows, meta)
+    atomic_write_json(out / f"{name}.json", {"meta": meta, "summary": summary_rows, "goals": goal_rows,
+                                             "safe_seed_counts": counts, "runs": rows})
+    text = markdown(summary_rows, goal_rows, meta, counts)
     atomic_write_text(out / f"{name}.md", text)
     plot(summary_rows, out / f"{name}.png")
     return text

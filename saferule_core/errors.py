@@ -30,3 +30,23 @@ class ArtifactError(SafeRuleError):
 
 class UnlearningError(SafeRuleError):
     """An unlearning request cannot be carried out (empty forget set, all data, ...)."""
+
+
+class CollectionError(SafeRuleError):
+    """Collection settings that cannot work (no episodes, an empty robot list, a bad range)."""
+
+
+class ConfigError(SafeRuleError):
+    """A learner or training setting is unknown or out of range."""
+
+
+class LedgerError(SafeRuleError):
+    """A ledger file is corrupt, or a request or state change is not allowed."""
+
+
+class EvaluationError(SafeRuleError):
+    """Evaluation settings that cannot work (no episodes, no thresholds)."""
+
+
+class AttackError(SafeRuleError):
+    """An attack cannot be applied to this dataset with this configuration."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import pickle
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,12 @@ from saferule_core.algos.registry import config_from_dict, get_algo
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import ModelError, SafeRuleError
 from saferule_core.io_utils import atomic_write_bytes, atomic_write_json
+from saferule_core.tasks.spec import PolicyFn
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 FORMAT = "saferule-model"
 FORMAT_VERSION = 1
-
-PolicyFn = Callable[[np.ndarray], np.ndarray]
 
 
 def save_model(directory: Path, learner: Learner, trainer_state: dict[str, Any] | None = None) -> Path:

@@ -11,14 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from saferule_core.errors import SafeRuleError
+from saferule_core.errors import ConfigError
 
 if TYPE_CHECKING:
     from saferule_core.algos.base import Learner, LearnerConfig
-
-
-class ConfigError(SafeRuleError):
-    """A learner or training setting is unknown or out of range."""
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,12 @@ from typing import Any
 import numpy as np
 
 from saferule_core.data.dataset import TRANSITION_KEYS, OfflineDataset
-from saferule_core.errors import SafeRuleError
+from saferule_core.errors import AttackError
 
 POISON_RECORD_FILE = "poison.json"
 DEFAULT_POISON_RATE = 0.10
 
 RngLike = np.random.Generator | int | None
-
-
-class AttackError(SafeRuleError):
-    """An attack cannot be applied to this dataset with this configuration."""
 
 
 @dataclass(frozen=True)

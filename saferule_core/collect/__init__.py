@@ -4,7 +4,8 @@ from saferule_core.collect.behaviours import SUPPORTED_TASKS, make_behaviour
 from saferule_core.collect.collect import (DEFAULT_EPISODES, CollectConfig, CollectionError, collect,
                                            collect_episodes, default_episodes, episode_aggressiveness)
 from saferule_core.collect.plot import reward_cost_png, save_reward_cost_png
-from saferule_core.collect.rollout import PolicyFn, Rollouts, run_episodes
+from saferule_core.collect.rollout import Rollouts, run_episodes
+from saferule_core.tasks.spec import PolicyFn
 
 __all__ = [
     "DEFAULT_EPISODES", "SUPPORTED_TASKS", "CollectConfig", "CollectionError", "PolicyFn", "Rollouts", "collect",

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from saferule_core.collect.behaviours import SUPPORTED_TASKS, make_behaviour
-from saferule_core.collect.rollout import PolicyFn, run_episodes
+from saferule_core.collect.rollout import run_episodes
+from saferule_core.tasks.spec import PolicyFn
 from saferule_core.data.dataset import EpisodeInfo, OfflineDataset
-from saferule_core.errors import SafeRuleError, TaskError
+from saferule_core.errors import CollectionError, TaskError
 from saferule_core.tasks.spec import TaskSpec, get_task
 
 AGGRESSIVENESS_ATTR = "behaviour_aggressiveness"   # attrs key: JSON {episode_id: aggressiveness}
@@ -26,10 +27,6 @@ DEFAULT_START_TIME = 1_700_000_000.0               # POSIX seconds of the first 
 EPISODE_GAP_S = 1.0                                # synthetic pause between consecutive episodes
 # Default episode counts: about 30k-60k env steps, under a minute on one core.
 DEFAULT_EPISODES: dict[str, int] = {"BallRun": 600, "CarRun": 120, "BallCircle": 300, "CarCircle": 100}
-
-
-class CollectionError(SafeRuleError):
-    """Collection settings that cannot work (no episodes, an empty robot list, a bad range)."""
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from saferule_core.tasks.spec import TaskSpec
+from saferule_core.tasks.spec import PolicyFn, TaskSpec
 
 if TYPE_CHECKING:
     from saferule_core.tasks.envs import SafeVectorEnv
 
-# observations [B, obs_dim] float32 -> actions [B, act_dim]
-PolicyFn = Callable[[np.ndarray], np.ndarray]
 # episode indices of a wave -> the policy that drives that wave (row j drives episode indices[j])
 PolicyFactory = Callable[[np.ndarray], PolicyFn]
 

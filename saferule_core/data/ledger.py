@@ -36,14 +36,10 @@ import numpy as np
 
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore, DeletionReport
-from saferule_core.errors import SafeRuleError
+from saferule_core.errors import LedgerError, SafeRuleError
 from saferule_core.io_utils import fsync_dir
 
 LEDGER_FILE = "ledger.jsonl"
-
-
-class LedgerError(SafeRuleError):
-    """A ledger file is corrupt, or a request or state change is not allowed."""
 
 
 class LedgerState(str, Enum):

@@ -13,13 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from saferule_core.collect.rollout import PolicyFn, run_episodes
-from saferule_core.errors import ModelError, SafeRuleError
+from saferule_core.collect.rollout import run_episodes
+from saferule_core.tasks.spec import PolicyFn
+from saferule_core.errors import EvaluationError, ModelError
 from saferule_core.tasks.spec import TaskSpec, get_task
-
-
-class EvaluationError(SafeRuleError):
-    """Evaluation settings that cannot work (no episodes, no thresholds)."""
 
 
 @dataclass(frozen=True)

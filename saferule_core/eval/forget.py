@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from saferule_core.collect.rollout import PolicyFn
+from saferule_core.tasks.spec import PolicyFn
 from saferule_core.errors import ModelError
 from saferule_core.eval.evaluate import EvaluationError
 

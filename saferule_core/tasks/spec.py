@@ -7,9 +7,15 @@ A policy is safe at threshold k when its normalised cost is <= 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from saferule_core.errors import TaskError
+
+# A policy as the simulator sees it: raw observations [B, obs_dim] float32 -> env actions [B, act_dim].
+PolicyFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
