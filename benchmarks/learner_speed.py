@@ -11,6 +11,8 @@ the BallRun and CarCircle spaces, for a ladder of variants that switch the lever
   +fused adam        torch.optim.Adam(fused=True)
   +malloc            glibc keeps freed activations for reuse (no page faults per update)
   +bf16              bfloat16 autocast for the matmuls (fp32 master weights and losses)
+  +fused targets     the target computation (no autograd) in bfloat16 with each activation fused
+                     into its matmul (oneDNN post-op), instead of under autocast
   +compile           torch.compile of the loss computations (only with --compile: slow to build)
 
 Each measurement runs in a fresh subprocess (the allocator setting is process-wide) and the
@@ -68,7 +70,10 @@ LADDER: dict[str, dict[str, Any]] = {
     "+shared actions": {"batched": True, "shared": True, "optimizer": "for_loop", "malloc": False, "precision": "fp32"},
     "+fused adam": {"batched": True, "shared": True, "optimizer": "fused", "malloc": False, "precision": "fp32"},
     "+malloc": {"batched": True, "shared": True, "optimizer": "fused", "malloc": True, "precision": "fp32"},
-    "+bf16": {"batched": True, "shared": True, "optimizer": "fused", "malloc": True, "precision": "bf16"},
+    "+bf16": {"batched": True, "shared": True, "optimizer": "fused", "malloc": True, "precision": "bf16",
+              "fused_targets": False},
+    "+fused targets": {"batched": True, "shared": True, "optimizer": "fused", "malloc": True, "precision": "bf16",
+                       "fused_targets": True},
 }
 COMPILE_LADDER: dict[str, dict[str, Any]] = {
     "+bf16+compile": {**LADDER["+bf16"], "compile": True},
@@ -135,6 +140,7 @@ def measure_ours(task: str, levers: dict[str, Any], steps: int, warmup: int, thr
     seed_everything(0)
     dataset = synthetic_dataset(task, episodes)
     config = make_config("bcq_lag", {"precision": levers["precision"], "optimizer": levers["optimizer"],
+                                     "fused_targets": bool(levers.get("fused_targets", False)),
                                      "compile": bool(levers.get("compile", False))})
     assert isinstance(config, BCQLagConfig)
     reference = BCQLag.from_dataset(dataset, config)

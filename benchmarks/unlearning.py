@@ -433,12 +433,15 @@ UNLEARNING_METHODS_SHOWN: tuple[str, ...] = ("retrain", "safe_rule", "finetune",
 
 
 def safety_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task and attack, over the seeds where the poisoned policy is unsafe (cost @10 > 1): in
-    how many each method's policy is safe. Means hide this: one reckless seed lifts a mean."""
+    """Per task and attack, over the seeds where the attack worked (the clean policy is safe at cost
+    @10 <= 1 and the poisoned one is not): in how many each method's policy is safe. Means hide
+    this: one reckless seed lifts a mean."""
     out = []
     for task, attack in sorted({(r["task"], r["attack"]) for r in rows}):
         case = [r for r in rows if (r["task"], r["attack"]) == (task, attack)]
-        unsafe_seeds = {r["seed"] for r in case if r["method"] == "poisoned" and r["normalized_cost"]["10"] > 1.0}
+        clean_safe = {r["seed"] for r in case if r["method"] == "clean" and r["normalized_cost"]["10"] <= 1.0}
+        unsafe_seeds = {r["seed"] for r in case if r["method"] == "poisoned" and r["normalized_cost"]["10"] > 1.0
+                        and r["seed"] in clean_safe}
         entry: dict[str, Any] = {"task": task, "attack": attack, "poisoned_unsafe_seeds": len(unsafe_seeds),
                                  "seeds": len({r["seed"] for r in case})}
         for method in UNLEARNING_METHODS_SHOWN:
@@ -488,9 +491,10 @@ def markdown(summary_rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]
                      f"{cell('wall_fraction_of_retrain', 3)} | {cell('forget_quality')} |")
     if counts:
         lines += ["", "## Safe after unlearning, per seed", "",
-                  "Seeds where the method's policy has normalised cost @10 <= 1, out of the seeds where the poisoned "
-                  "policy's exceeds 1.", "",
-                  "| task | attack | poisoned unsafe | " + " | ".join(UNLEARNING_METHODS_SHOWN) + " |",
+                  "Seeds where the method's policy has normalised cost @10 <= 1, out of the seeds where the attack "
+                  "worked (clean policy safe, poisoned policy not; for the trigger attack both evaluated with the "
+                  "trigger on).", "",
+                  "| task | attack | attack worked | " + " | ".join(UNLEARNING_METHODS_SHOWN) + " |",
                   "|---|---|---|" + "---|" * len(UNLEARNING_METHODS_SHOWN)]
         for c in counts:
             lines.append(f"| {c['task']} | {c['attack']} | {c['poisoned_unsafe_seeds']}/{c['seeds']} | "

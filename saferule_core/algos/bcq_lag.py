@@ -46,6 +46,7 @@ from saferule_core.algos.networks import (
     ConditionalVAE,
     EnsembleCritic,
     PerturbationActor,
+    fused_inference_available,
     vae_loss,
 )
 
@@ -74,6 +75,7 @@ class BCQLagConfig(LearnerConfig):
     pid_kd: float = 0.001
     reward_scale: float = 0.1
     cost_scale: float = 1.0
+    fused_targets: bool = True        # with bf16 on CPU: targets computed with activations fused into the matmuls
 
 
 class BCQLag(Learner):
@@ -97,6 +99,8 @@ class BCQLag(Learner):
         # Detached views of the critic weights (same storage, so they follow every update): the
         # actor step differentiates through the critics' inputs only, never into their weights.
         self._frozen_critic_params = {name: p.detach() for name, p in self.critics.named_parameters()}
+        self._fused_targets = config.fused_targets and config.precision == "bf16" and not config.compile and \
+            fused_inference_available(dev)
         self._vae_loss = self.maybe_compile(self._vae_loss_impl)
         self._critic_targets = self.maybe_compile(self._critic_targets_impl)
         self._critic_loss = self.maybe_compile(self._critic_loss_impl)
@@ -118,11 +122,16 @@ class BCQLag(Learner):
         cfg = self.config
         batch, samples = obs.shape[0], cfg.num_sampled_actions
         next_obs_rep = next_obs.repeat_interleave(samples, dim=0)             # [B*k, obs]
-        with self.autocast():
-            # One decoder pass for the next-state samples and the actor's behaviour actions.
-            decoded = self.vae.decode_sampled(torch.cat([next_obs_rep, obs], dim=0))
-            next_actions = self.actor_target(next_obs_rep, decoded[:batch * samples])
-            q_next = self.critics_target(next_obs_rep, next_actions).float()  # [4, B*k]
+        if self._fused_targets:
+            decoded = self.vae.fused_decode_sampled_bf16(torch.cat([next_obs_rep, obs], dim=0))
+            next_actions = self.actor_target.fused_forward_bf16(next_obs_rep, decoded[:batch * samples])
+            q_next = self.critics_target.fused_forward_bf16(next_obs_rep, next_actions).float()
+        else:
+            with self.autocast():
+                # One decoder pass for the next-state samples and the actor's behaviour actions.
+                decoded = self.vae.decode_sampled(torch.cat([next_obs_rep, obs], dim=0))
+                next_actions = self.actor_target(next_obs_rep, decoded[:batch * samples])
+                q_next = self.critics_target(next_obs_rep, next_actions).float()  # [4, B*k]
         pairs = q_next.view(2, 2, batch * samples)                              # (reward, cost) x twin
         blended = cfg.lmbda * pairs.min(dim=1).values + (1.0 - cfg.lmbda) * pairs.max(dim=1).values
         best = blended.view(2, batch, samples).max(dim=2).values                # [2, B]

@@ -56,6 +56,39 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int,
     return nn.Sequential(*layers)
 
 
+# ----- bfloat16 inference with the activation fused into each matmul ------------------------------
+# oneDNN applies the activation as a post-op of the matmul, so the hidden activations are written
+# once instead of written, read and written again. No autograd: for target computations only.
+_FUSED_ACTIVATIONS: dict[type[nn.Module], str] = {ReLU: "relu", Tanh: "tanh"}
+
+
+def fused_inference_available(device: torch.device | str) -> bool:
+    """Whether `fused_mlp_bf16` and friends can run here (CPU with oneDNN's fused linear op)."""
+    return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available() and \
+        hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, activation: str) -> torch.Tensor:
+    """activation(x @ weight.T + bias) in bfloat16; weight [out, in]."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight.to(torch.bfloat16), bias.to(torch.bfloat16),
+                                              activation, [], "")
+
+
+def fused_mlp_bf16(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """`net(x)` for an `mlp` (Linear layers, each optionally followed by ReLU/Tanh), in bfloat16."""
+    layers = list(net)
+    out = x.to(torch.bfloat16)
+    i = 0
+    while i < len(layers):
+        linear = layers[i]
+        assert isinstance(linear, nn.Linear), f"expected a Linear layer, got {type(linear).__name__}"
+        following = type(layers[i + 1]) if i + 1 < len(layers) else None
+        activation = _FUSED_ACTIVATIONS.get(following) if following is not None else None
+        out = _fused_linear(out, linear.weight, linear.bias, activation or "none")
+        i += 2 if activation else 1
+    return out
+
+
 class EnsembleLinear(nn.Module):
     """`members` independent linear layers computed by one batched matmul.
 
@@ -106,6 +139,18 @@ class EnsembleCritic(nn.Module):
                 h = torch.relu_(h)
         return h.squeeze(-1)
 
+    def fused_forward_bf16(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """`forward` for every member in bfloat16 with fused ReLUs (no autograd), [members, B]."""
+        x = torch.cat([obs, act], dim=-1).to(torch.bfloat16)
+        last = len(self.layers) - 1
+        values = []
+        for member in range(self.members):
+            h = x
+            for i, layer in enumerate(self.layers):
+                h = _fused_linear(h, layer.weight[member].t(), layer.bias[member, 0], "relu" if i < last else "none")
+            values.append(h.squeeze(-1))
+        return torch.stack(values)
+
 
 class SquashedDeterministicActor(nn.Module):
     """a = tanh(MLP(s)): a deterministic policy in the unit box."""
@@ -131,6 +176,12 @@ class PerturbationActor(nn.Module):
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         return (act + self.phi * self.net(torch.cat([obs, act], dim=-1))).clamp(-1.0, 1.0)
+
+    def fused_forward_bf16(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """`forward` in bfloat16 with fused activations (no autograd)."""
+        act = act.to(torch.bfloat16)
+        return (act + self.phi * fused_mlp_bf16(self.net, torch.cat([obs.to(torch.bfloat16), act], dim=-1))
+                ).clamp(-1.0, 1.0)
 
 
 class SquashedGaussianActor(nn.Module):
@@ -191,6 +242,11 @@ class ConditionalVAE(nn.Module):
 
     def decode_sampled(self, obs: torch.Tensor) -> torch.Tensor:
         return self.decode(obs, self.sample_latent(obs.shape[0], obs))
+
+    def fused_decode_sampled_bf16(self, obs: torch.Tensor) -> torch.Tensor:
+        """`decode_sampled` in bfloat16 with fused activations (no autograd; same latent draw)."""
+        z = self.sample_latent(obs.shape[0], obs)
+        return fused_mlp_bf16(self.decoder, torch.cat([obs, z], dim=-1))
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction, latent mean and latent std for a batch of (s, a)."""

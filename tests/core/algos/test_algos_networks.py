@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import torch
 
+from saferule_core.algos.batch import BatchSampler
+from saferule_core.algos.bcq_lag import BCQLag
 from saferule_core.algos.networks import (
     VAE_LATENT_CLIP,
     BCQPolicyCore,
@@ -12,8 +14,10 @@ from saferule_core.algos.networks import (
     PerturbationActor,
     SquashedDeterministicActor,
     SquashedGaussianActor,
+    fused_inference_available,
     mlp,
 )
+from saferule_core.algos.registry import make_config
 
 
 def test_ensemble_linear_equals_separate_linear_layers() -> None:
@@ -102,3 +106,49 @@ def test_bcq_policy_core_uses_the_deterministic_decoder() -> None:
     vae, actor = ConditionalVAE(4, 2, 16), PerturbationActor(4, 2, [16], phi=0.05)
     obs = torch.randn(8, 4)
     torch.testing.assert_close(BCQPolicyCore(vae, actor)(obs), actor(obs, vae.decode(obs)))
+
+
+
+def test_fused_bf16_inference_matches_autocast_forward() -> None:
+    assert fused_inference_available("cpu")       # the pinned torch has oneDNN's fused linear op
+    torch.manual_seed(0)
+    obs, act = torch.randn(300, 5), torch.rand(300, 2) * 2 - 1
+    vae, actor = ConditionalVAE(5, 2, 64), PerturbationActor(5, 2, (32, 32), phi=0.5)
+    critic = EnsembleCritic(5, 2, (32, 32), members=4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        decoded = vae.decode_sampled(obs).float()
+        perturbed = actor(obs, act).float()
+        values = critic(obs, act).float()
+    with torch.no_grad():
+        torch.manual_seed(1)                      # the same latent draw
+        fused_decoded = vae.fused_decode_sampled_bf16(obs).float()
+        fused_perturbed = actor.fused_forward_bf16(obs, act).float()
+        fused_values = critic.fused_forward_bf16(obs, act).float()
+    assert fused_values.shape == values.shape == (4, 300)
+    # both are bfloat16 matmuls with float accumulation: equal up to bfloat16 rounding
+    torch.testing.assert_close(fused_decoded, decoded, atol=0.02, rtol=0.02)
+    torch.testing.assert_close(fused_perturbed, perturbed, atol=0.02, rtol=0.02)
+    torch.testing.assert_close(fused_values, values, atol=0.02, rtol=0.02)
+    with torch.no_grad():                         # and not trivially: another latent draw differs
+        assert not torch.allclose(vae.fused_decode_sampled_bf16(obs).float(), fused_decoded, atol=0.02)
+
+
+def test_bcq_lag_fuses_its_targets_only_in_bf16(random_dataset, tiny) -> None:  # type: ignore[no-untyped-def]
+    dataset = random_dataset()
+    fp32 = BCQLag.from_dataset(dataset, make_config("bcq_lag", tiny["bcq_lag"]))
+    bf16 = BCQLag.from_dataset(dataset, make_config("bcq_lag", {**tiny["bcq_lag"], "precision": "bf16"}))
+    off = BCQLag.from_dataset(dataset, make_config("bcq_lag", {**tiny["bcq_lag"], "precision": "bf16",
+                                                               "fused_targets": False}))
+    assert (fp32._fused_targets, bf16._fused_targets, off._fused_targets) == (False, True, False)
+    batch = BatchSampler(dataset, bf16.info.stats, 64, seed=0).sample()
+    off.load_state_dict(bf16.state_dict())
+    torch.manual_seed(3)
+    fused, _ = bf16._critic_targets_impl(batch.observations, batch.next_observations, batch.rewards, batch.costs,
+                                         batch.terminals)
+    torch.manual_seed(3)
+    plain, _ = off._critic_targets_impl(batch.observations, batch.next_observations, batch.rewards, batch.costs,
+                                        batch.terminals)
+    torch.testing.assert_close(fused, plain, atol=0.05, rtol=0.02)
+    for _ in range(3):
+        assert all(torch.isfinite(v) for v in bf16.update(BatchSampler(dataset, bf16.info.stats, 64).sample()).values())
