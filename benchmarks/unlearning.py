@@ -9,15 +9,17 @@ for). Reported per method: normalised reward and cost, wall time as a fraction o
 and forget quality = (mean action distance to the retrained policy on the forget states) /
 (the same for the poisoned policy): 0 acts like the retrained policy, 1 no closer than the poisoned.
 
-  .venv/bin/python benchmarks/unlearning.py --profile quick            # ~1.5 h on 2 shared cores (below)
+  .venv/bin/python benchmarks/unlearning.py --profile quick            # hours on 2 cores (below)
   .venv/bin/python benchmarks/unlearning.py --profile full --seeds 0 1 2
   .venv/bin/python benchmarks/unlearning.py --profile quick --tasks BallRun --attacks relabel \\
       --methods safe_rule retrain                                      # a pilot
+  .venv/bin/python benchmarks/unlearning.py --merge runs_a.json runs_b.json   # one table of both
 
 The quick profile trains every model for 3000 updates (clean, poisoned, retrained, 4 SISA shards of
-750): 14 trainings of BCQ-Lag plus 24 short unlearning runs and 32 evaluations for two tasks; the
-BallRun half took 46 minutes on 2 cores shared with other work. Fewer --tasks/--attacks/--methods
-make it shorter.
+750): per task and seed 7 trainings of BCQ-Lag without SISA, 13 with it, plus the short unlearning
+runs and the evaluations. Measured on 2 cores with two or three such runs side by side: 17 minutes
+per task and seed without SISA, 27 with it. Runs made side by side (different --tasks/--seeds, or
+without SISA for some seeds) are combined with --merge.
 
 Everything expensive (datasets, trained models, unlearned models, evaluations) is cached under
 --work-dir, keyed by its settings, so a rerun (or an interrupted run) skips what is done. Writes
@@ -559,7 +561,8 @@ def plot(summary_rows: list[dict[str, Any]], path: Path) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    parser.add_argument("--tasks", nargs="+", default=["BallRun", "CarCircle"])
+    parser.add_argument("--tasks", nargs="+", default=["BallRun", "CarRun"],
+                        help="Bullet tasks (default BallRun CarRun; CarCircle is not learnt in the quick profile's 3000 updates)")
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's")
     parser.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS),
