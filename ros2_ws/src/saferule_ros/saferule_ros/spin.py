@@ -16,15 +16,8 @@ from saferule_core.errors import SafeRuleError
 from saferule_ros.params import ConfigError
 
 
-SIGNAL_CHECK_PERIOD_S = 0.1
-
-
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
-
-
-def _no_op() -> None:
-    pass
 
 
 def run_node(make_node: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 4) -> int:
@@ -43,18 +36,12 @@ def run_node(make_node: Callable[[], Node], args: Sequence[str] | None = None, t
     try:
         node = make_node()
         executor.add_node(node)
-        if threads == 1:
-            while rclpy.ok():
-                # Short waits: without rclpy's signal handlers a signal is only seen between waits.
-                executor.spin_once(timeout_sec=0.1)
-        else:
-            # A MultiThreadedExecutor must be spun by spin(): spin_once(timeout) in a loop rebuilds
-            # its wait set on every call, and while a callback of a busy (mutually exclusive) group
-            # stays ready it returns at once, so the main thread busy-loops holding the GIL and
-            # starves the worker running the callback (measured: a 100 Hz control loop at 30 Hz,
-            # inference p99 6.6 ms instead of ~0.2 ms). The wake-up timer lets a signal be seen.
-            node.create_timer(SIGNAL_CHECK_PERIOD_S, _no_op)
-            executor.spin()
+        # Short waits: without rclpy's signal handlers a signal is only seen between waits.
+        # (A MultiThreadedExecutor spun this way busy-loops while a callback of a busy mutually
+        # exclusive group stays ready, which starved a 100 Hz control loop: the control-path nodes,
+        # sim_robot and policy_runner, therefore run single-threaded.)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ConfigError, SafeRuleError) as err:
