@@ -36,11 +36,8 @@ def run_node(make_node: Callable[[], Node], args: Sequence[str] | None = None, t
     try:
         node = make_node()
         executor.add_node(node)
-        # Short waits: without rclpy's signal handlers a signal is only seen between waits.
-        # (A MultiThreadedExecutor spun this way busy-loops while a callback of a busy mutually
-        # exclusive group stays ready, which starved a 100 Hz control loop: the control-path nodes,
-        # sim_robot and policy_runner, therefore run single-threaded.)
         while rclpy.ok():
+            # Short waits: without rclpy's signal handlers a signal is only seen between waits.
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
