@@ -25,14 +25,10 @@ help:
 setup:
 	@$(PYTHON) tools/setup_env.py
 
-# The ROS tests run in a pytest process of their own: after the library tests in the same process,
-# node processes they start failed to exit on SIGINT (stop 8, cause not yet found; alone they pass).
 test: setup
 	@rm -rf $(ARTIFACTS) && mkdir -p $(ARTIFACTS)
 	LD_PRELOAD=$(GUARD) SAFERULE_NET_GUARD_LOG=$(ARTIFACTS)/net-guard.log ROS_DOMAIN_ID=$(TEST_DOMAIN_ID) \
-		$(VENV_PY) -m pytest $(if $(PYTEST_ARGS),$(PYTEST_ARGS),--ignore=tests/ros)
-	$(if $(PYTEST_ARGS),,LD_PRELOAD=$(GUARD) SAFERULE_NET_GUARD_LOG=$(ARTIFACTS)/net-guard.log \
-		ROS_DOMAIN_ID=$(TEST_DOMAIN_ID) $(VENV_PY) -m pytest tests/ros)
+		$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
 	ROS_DOMAIN_ID=$(DEMO_DOMAIN_ID) $(VENV_PY) -m saferule_ros.demo $(DEMO_ARGS)
