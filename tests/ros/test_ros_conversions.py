@@ -27,11 +27,13 @@ from saferule_ros.conversions import (
     label_of,
     step_record,
 )
+from saferule_ros.fleet_monitor import FleetMonitorConfig
 from saferule_ros.params import ConfigError, config_defaults, declare_config
 from saferule_ros.policy_runner import PolicyRunnerConfig
 from saferule_ros.policy_swap import LatencyWindow, ObservationWindow
 from saferule_ros.recorder import RecorderConfig
 from saferule_ros.sim_robot import SimRobotConfig
+from saferule_ros.unlearning_server import UnlearningServerConfig
 from saferule_ros.topics import STEP_COST, STEP_REWARD, STEP_TRUNCATED, parse_step_key
 from tests.ros.ros_harness import CONFIG_DIR
 
@@ -130,7 +132,9 @@ def test_typed_parameters_coerce_integers_and_fill_empty_lists(context: rclpy.Co
 
 @pytest.mark.parametrize("file, config", [("sim_robot.yaml", SimRobotConfig), ("recorder.yaml", RecorderConfig),
                                           ("policy_runner.yaml", PolicyRunnerConfig),
-                                          ("policy_runner_generic.yaml", PolicyRunnerConfig)])
+                                          ("policy_runner_generic.yaml", PolicyRunnerConfig),
+                                          ("fleet_monitor.yaml", FleetMonitorConfig),
+                                          ("unlearning_server.yaml", UnlearningServerConfig)])
 def test_shipped_yaml_names_only_real_parameters(file: str, config: type) -> None:
     params = yaml.safe_load((CONFIG_DIR / file).read_text())["/**"]["ros__parameters"]
     defaults = config_defaults(config)

@@ -217,8 +217,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if fleet:
         report = json.loads(fleet[-1])
         for robot, health in sorted(report.get("robots", {}).items()):
-            print(f"monitor: {robot}: {health['episodes']} episodes, {health['flagged_episodes']} flagged, "
-                  f"streak {health['streak']}")
+            skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(health.get("skipped", {}).items()))
+            print(f"monitor: {robot}: {health['episodes']} episodes judged, {health['flagged_episodes']} flagged, "
+                  f"streak {health['streak']}, {health.get('skipped_episodes', 0)} not policy-driven (skipped"
+                  f"{': ' + skipped if skipped else ''})")
         for rule, outcome in sorted(report.get("rules_fired", {}).items()):
             print(f"monitor: rule {rule}: {outcome}")
     missing = [robot.strip("/") for robot in args.robot if robot.strip("/") not in statuses]

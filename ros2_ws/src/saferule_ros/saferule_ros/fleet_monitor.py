@@ -8,6 +8,21 @@ records of a new episode arrive); one whose cost exceeds the threshold (`cost_th
 that is 0 the first DSRL cost threshold of `task`) is flagged: logged and announced on
 `fleet_status` (std_msgs/String, a JSON document; also sent every `status_period_s`).
 
+Only policy-driven episodes are judged (`judge_only_policy_episodes`, default true): the monitor
+also subscribes to each robot's `/<robot>/policy_status` (saferule_interfaces/PolicyStatus, sent by
+the policy runner about once a second) and judges an episode only when, as the monitor saw it, a
+runner reported an active policy from the episode's first record to its last: the robot's latest
+status named a version when the first record (step 0) arrived, no status in between named none,
+and no gap between statuses (nor the time since the last one at the episode's end) exceeded
+`policy_status_timeout_s`. Episodes driven by the scripted behaviour drivers, or in which the policy
+started or stopped midway, are not judged: they are counted per robot as skipped, with the reason,
+in fleet_status and in the closing summary. Knowing only what the statuses say, the monitor leans
+towards skipping: an episode that began under a policy whose first status had not arrived yet is
+skipped too, and so is one whose first records it never saw (it started midway). A judged episode
+is attributed to the version that drove it; one during which the runner swapped versions was still
+driven by policies throughout and is judged, attributed to "mixed" (its cost cannot be split
+between the versions), with the versions listed in its verdict and flagged_episode event.
+
 Rules that name data to forget, each firing at most once per robot while the monitor runs:
   compromised_robot   a robot listed in `compromised_robots` (or `compromised_robot`) has a
                       flagged episode: its costs confirm the compromise;
@@ -23,6 +38,7 @@ would run.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import shlex
 import threading
@@ -41,6 +57,7 @@ from saferule_core.data.selectors import ForgetSelector
 from saferule_core.errors import SafeRuleError
 from saferule_core.tasks.spec import get_task
 from saferule_interfaces.action import Unlearn
+from saferule_interfaces.msg import PolicyStatus
 from saferule_interfaces.srv import Forget
 from saferule_ros.conversions import array_of, label_of
 from saferule_ros.fleet_client import FleetClient, stoppable_waiter
@@ -48,6 +65,7 @@ from saferule_ros.forget_messages import metrics_from_msgs, selector_to_msg
 from saferule_ros.params import ConfigError, declare_config
 from saferule_ros.spin import run_node
 from saferule_ros.topics import (
+    POLICY_STATUS_TOPIC,
     STEP_COST,
     STEP_RECORD_FIELDS,
     STEP_RECORD_TOPIC,
@@ -61,6 +79,16 @@ FLEET_STATUS_TOPIC = "fleet_status"
 RULE_COMPROMISED = "compromised_robot"
 RULE_STREAK = "flag_streak"
 RECENT_FLAGGED = 10
+
+# Why an episode was not judged (RobotHealth.skipped keys).
+SKIP_NO_POLICY = "no_policy"                        # no runner reported an active policy
+SKIP_POLICY_STARTED = "policy_started_mid_episode"  # the first status naming a policy came during the episode
+SKIP_POLICY_STOPPED = "policy_stopped_mid_episode"  # a status during the episode named no policy
+SKIP_STATUS_LOST = "policy_status_lost"             # statuses stopped for longer than policy_status_timeout_s
+SKIP_START_NOT_SEEN = "start_not_seen"              # its first records (from step 0) never reached the monitor
+# Per-policy statistics keys besides the versions themselves.
+MIXED_POLICY = "mixed"       # a judged episode during which the runner swapped versions
+NO_POLICY = "none"           # an episode judged although no policy drove all of it (judge_only_policy_episodes off)
 
 
 @dataclass
@@ -82,6 +110,8 @@ class FleetMonitorConfig:
     call_timeout_s: float = 30.0          # service discovery + answer of Forget / goal acceptance
     unlearn_timeout_s: float = 3600.0     # how long to wait for an Unlearn result
     qos_depth: int = 100
+    judge_only_policy_episodes: bool = True   # skip (and count) episodes not driven by a policy from start to end
+    policy_status_timeout_s: float = 3.0      # a runner silent this long no longer counts as driving its robot
 
 
 # ----- episode costs (no ROS) -------------------------------------------------------------------
@@ -107,8 +137,30 @@ class EpisodeVerdict:
     cost: float
     steps: int
     flagged: bool
-    streak: int              # flagged episodes in a row, this one included
+    streak: int              # flagged episodes in a row, this one included (skipped episodes leave it as it was)
     complete: bool           # ended by its own flag (False: records of a newer episode arrived first)
+    judged: bool = True      # False: skipped, not policy-driven (never flagged)
+    skip_reason: str = ""    # "" when a policy drove the whole episode, else one of the SKIP_* reasons
+    policies: tuple[str, ...] = ()   # the versions the runner reported during the episode, in order
+
+    @property
+    def policy(self) -> str:
+        """The version that drove the whole episode, MIXED_POLICY after a swap, NO_POLICY when none did."""
+        if self.skip_reason or not self.policies:
+            return NO_POLICY
+        return self.policies[0] if len(self.policies) == 1 else MIXED_POLICY
+
+
+@dataclass
+class PolicyEpisodes:
+    """Judged episodes of one robot under one policy attribution (a version, MIXED_POLICY or NO_POLICY)."""
+    episodes: int = 0
+    flagged: int = 0
+    cost_sum: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"episodes": self.episodes, "flagged": self.flagged,
+                "mean_cost": self.cost_sum / self.episodes if self.episodes else None}
 
 
 @dataclass
@@ -117,33 +169,74 @@ class RobotHealth:
     episode_id: str = ""
     episode_cost: float = 0.0
     episode_steps: int = 0
-    episodes: int = 0
+    episode_policies: list[str] = field(default_factory=list)
+    episode_skip_reason: str = ""         # set once the running episode can no longer count as policy-driven
+    episodes: int = 0                     # judged episodes
     flagged_episodes: int = 0
     streak: int = 0
     malformed_records: int = 0
     last_episode_id: str = ""
     last_episode_cost: float = 0.0
     recent_flagged: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_FLAGGED))
+    skipped: dict[str, int] = field(default_factory=dict)       # skip reason -> episodes
+    last_skipped: dict[str, Any] = field(default_factory=dict)  # episode_id, cost, reason of the latest skipped one
+    by_policy: dict[str, PolicyEpisodes] = field(default_factory=dict)
+    policy_version: str = ""              # what the robot's latest PolicyStatus names ("" none)
+    policy_status_at: float = -math.inf   # when it arrived (the monitor's monotonic clock)
 
     def to_json(self) -> dict[str, Any]:
         return {"episodes": self.episodes, "flagged_episodes": self.flagged_episodes, "streak": self.streak,
                 "current_episode": self.episode_id, "current_cost": self.episode_cost,
                 "last_episode": self.last_episode_id, "last_cost": self.last_episode_cost,
-                "recent_flagged": list(self.recent_flagged), "malformed_records": self.malformed_records}
+                "recent_flagged": list(self.recent_flagged), "malformed_records": self.malformed_records,
+                "skipped_episodes": sum(self.skipped.values()), "skipped": dict(self.skipped),
+                "last_skipped": dict(self.last_skipped), "policy": self.policy_version,
+                "by_policy": {name: stats.to_json() for name, stats in self.by_policy.items()}}
+
+    def summary(self) -> str:
+        """One line: "robot_1: 5 episodes judged, 2 flagged (v0001: 5), 3 skipped (3 no_policy)"."""
+        line = f"{self.robot}: {self.episodes} episodes judged, {self.flagged_episodes} flagged"
+        if self.by_policy:
+            line += " (" + ", ".join(f"{name}: {stats.episodes}" for name, stats in self.by_policy.items()) + ")"
+        line += f", {sum(self.skipped.values())} skipped"
+        if self.skipped:
+            line += " (" + ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) + ")"
+        return line
 
 
 class EpisodeCostMonitor:
-    """Sums step costs per robot episode and judges finished episodes against a threshold."""
+    """Sums step costs per robot episode, follows which policy drove it, and judges finished episodes
+    against a threshold. Times (`now`) are on one monotonic clock, the monitor's own."""
 
-    def __init__(self, robots: Sequence[str], threshold: float) -> None:
+    def __init__(self, robots: Sequence[str], threshold: float, judge_only_policy_episodes: bool = True,
+                 policy_status_timeout_s: float = 3.0) -> None:
         self.threshold = threshold
+        self.judge_only_policy_episodes = judge_only_policy_episodes
+        self.policy_status_timeout_s = policy_status_timeout_s
         self.health = {robot: RobotHealth(robot) for robot in robots}
 
-    def observe(self, robot: str, label: str, record: np.ndarray) -> list[EpisodeVerdict]:
+    def observe_status(self, robot: str, active_version: str, now: float | None = None) -> None:
+        """A PolicyStatus of `robot`'s runner ("" = it runs no policy)."""
+        now = time.monotonic() if now is None else now
+        health = self.health[robot]
+        if health.episode_id:
+            if not health.episode_skip_reason:
+                if now - health.policy_status_at > self.policy_status_timeout_s:
+                    health.episode_skip_reason = SKIP_STATUS_LOST
+                elif not active_version:
+                    health.episode_skip_reason = SKIP_POLICY_STOPPED
+            elif health.episode_skip_reason == SKIP_NO_POLICY and active_version:
+                health.episode_skip_reason = SKIP_POLICY_STARTED
+            if active_version and active_version not in health.episode_policies:
+                health.episode_policies.append(active_version)
+        health.policy_version, health.policy_status_at = active_version, now
+
+    def observe(self, robot: str, label: str, record: np.ndarray, now: float | None = None) -> list[EpisodeVerdict]:
         """One step record; returns the verdicts of the episodes it finished (0, 1 or 2)."""
+        now = time.monotonic() if now is None else now
         health = self.health[robot]
         try:
-            episode_id, _step = parse_step_key(label)
+            episode_id, step = parse_step_key(label)
         except ValueError:
             health.malformed_records += 1
             return []
@@ -152,25 +245,55 @@ class EpisodeCostMonitor:
             return []
         verdicts = []
         if health.episode_id and episode_id != health.episode_id:
-            verdicts.append(self._close(health, complete=False))
-        health.episode_id = episode_id
+            verdicts.append(self._close(health, complete=False, now=now))
+        if not health.episode_id:
+            self._open(health, episode_id, step, now)
         health.episode_cost += float(record[STEP_COST])
         health.episode_steps += 1
         if record[STEP_TERMINATED] != 0 or record[STEP_TRUNCATED] != 0:
-            verdicts.append(self._close(health, complete=True))
+            verdicts.append(self._close(health, complete=True, now=now))
         return verdicts
 
-    def _close(self, health: RobotHealth, complete: bool) -> EpisodeVerdict:
-        flagged = health.episode_cost > self.threshold
-        health.episodes += 1
-        health.streak = health.streak + 1 if flagged else 0
-        if flagged:
-            health.flagged_episodes += 1
-            health.recent_flagged.append(health.episode_id)
+    def _fresh(self, health: RobotHealth, now: float) -> bool:
+        return now - health.policy_status_at <= self.policy_status_timeout_s
+
+    def _open(self, health: RobotHealth, episode_id: str, step: int, now: float) -> None:
+        health.episode_id = episode_id
+        health.episode_policies = [health.policy_version] if health.policy_version else []
+        if not health.policy_version:
+            health.episode_skip_reason = SKIP_NO_POLICY
+        elif not self._fresh(health, now):
+            health.episode_skip_reason = SKIP_STATUS_LOST
+        elif step != 0:  # e.g. the monitor started midway: who drove the first steps is unknown
+            health.episode_skip_reason = SKIP_START_NOT_SEEN
+        else:
+            health.episode_skip_reason = ""
+
+    def _close(self, health: RobotHealth, complete: bool, now: float) -> EpisodeVerdict:
+        if not health.episode_skip_reason and not self._fresh(health, now):
+            health.episode_skip_reason = SKIP_STATUS_LOST
+        reason = health.episode_skip_reason
+        judged = not reason or not self.judge_only_policy_episodes
+        flagged = judged and health.episode_cost > self.threshold
+        if judged:
+            health.episodes += 1
+            health.streak = health.streak + 1 if flagged else 0
+            if flagged:
+                health.flagged_episodes += 1
+                health.recent_flagged.append(health.episode_id)
+        else:
+            health.skipped[reason] = health.skipped.get(reason, 0) + 1
+            health.last_skipped = {"episode_id": health.episode_id, "cost": health.episode_cost, "reason": reason}
         verdict = EpisodeVerdict(health.robot, health.episode_id, health.episode_cost, health.episode_steps, flagged,
-                                 health.streak, complete)
+                                 health.streak, complete, judged, reason, tuple(health.episode_policies))
+        if judged:
+            stats = health.by_policy.setdefault(verdict.policy, PolicyEpisodes())
+            stats.episodes += 1
+            stats.flagged += int(flagged)
+            stats.cost_sum += verdict.cost
         health.last_episode_id, health.last_episode_cost = health.episode_id, health.episode_cost
         health.episode_id, health.episode_cost, health.episode_steps = "", 0.0, 0
+        health.episode_policies, health.episode_skip_reason = [], ""
         return verdict
 
 
@@ -196,8 +319,10 @@ class FleetMonitor(Node):
         self.robots = [robot.strip("/") for robot in cfg.robots]
         self.compromised = {r.strip("/") for r in [*cfg.compromised_robots, cfg.compromised_robot] if r.strip("/")}
         self.threshold = episode_cost_threshold(cfg.cost_threshold, cfg.task)
-        self.costs = EpisodeCostMonitor(self.robots, self.threshold)
+        self.costs = EpisodeCostMonitor(self.robots, self.threshold, cfg.judge_only_policy_episodes,
+                                        cfg.policy_status_timeout_s)
         self._costs_lock = threading.Lock()             # the worker thread reads them for status
+        self._skips_logged: set[tuple[str, str]] = set()   # (robot, skip reason) already logged once
         self.fired: dict[tuple[str, str], str] = {}     # (rule, robot) -> what came of it
         self._fired_lock = threading.Lock()
         self._firings: queue.Queue[RuleFiring | None] = queue.Queue()
@@ -207,6 +332,8 @@ class FleetMonitor(Node):
         for robot in self.robots:
             self.create_subscription(Float64MultiArray, f"/{robot}/{STEP_RECORD_TOPIC}",
                                      lambda msg, robot=robot: self._on_step_record(robot, msg), qos)
+            self.create_subscription(PolicyStatus, f"/{robot}/{POLICY_STATUS_TOPIC}",
+                                     lambda msg, robot=robot: self._on_policy_status(robot, msg), 10)
         self.create_timer(cfg.status_period_s, lambda: self._publish_status(None))
         self.fleet = FleetClient(self, stoppable_waiter(self._stop), cfg.forget_service, cfg.unlearn_action,
                                  timeout_s=cfg.call_timeout_s, callback_group=ReentrantCallbackGroup())
@@ -215,7 +342,8 @@ class FleetMonitor(Node):
         self.get_logger().info(f"watching {', '.join(self.robots)}: episode cost threshold {self.threshold:g}, "
                                f"flag streak {cfg.flag_streak or 'off'}, compromised "
                                f"{', '.join(sorted(self.compromised)) or 'none'}, auto_forget "
-                               f"{'on' if cfg.auto_forget else 'off'}")
+                               f"{'on' if cfg.auto_forget else 'off'}, judging "
+                               + ("only policy-driven episodes" if cfg.judge_only_policy_episodes else "every episode"))
 
     def _check_config(self) -> None:
         cfg = self.config
@@ -223,7 +351,7 @@ class FleetMonitor(Node):
             raise ConfigError("robots is empty: name at least one robot namespace to watch")
         if cfg.flag_streak < 0:
             raise ConfigError(f"flag_streak must be >= 0, got {cfg.flag_streak}")
-        for name in ("status_period_s", "call_timeout_s", "unlearn_timeout_s"):
+        for name in ("status_period_s", "call_timeout_s", "unlearn_timeout_s", "policy_status_timeout_s"):
             if getattr(cfg, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
         if cfg.qos_depth <= 0:
@@ -243,15 +371,33 @@ class FleetMonitor(Node):
         for verdict in verdicts:
             self._judge(verdict)
 
+    def _on_policy_status(self, robot: str, msg: PolicyStatus) -> None:
+        with self._costs_lock:
+            previous = self.costs.health[robot].policy_version
+            self.costs.observe_status(robot, msg.active_version)
+        if msg.active_version != previous:
+            self.get_logger().info(f"{robot}: its policy runner reports {msg.active_version or 'no policy'} "
+                                   f"(was {previous or 'no policy'})")
+
     def _judge(self, verdict: EpisodeVerdict) -> None:
         cfg = self.config
+        if not verdict.judged:
+            # The first of each kind per robot is worth a line; the counts are in fleet_status.
+            first = (verdict.robot, verdict.skip_reason) not in self._skips_logged
+            self._skips_logged.add((verdict.robot, verdict.skip_reason))
+            log = self.get_logger().info if first else self.get_logger().debug
+            log(f"{verdict.robot}: episode {verdict.episode_id} (cost {verdict.cost:g}) not judged: "
+                f"{verdict.skip_reason}" + (" (further ones are only counted)" if first else ""))
+            return
         if not verdict.flagged:
             return
         ending = "" if verdict.complete else " (its last records were lost)"
-        self.get_logger().warning(f"{verdict.robot}: episode {verdict.episode_id} cost {verdict.cost:g} > threshold "
-                                  f"{self.threshold:g}{ending}; {verdict.streak} flagged in a row")
+        self.get_logger().warning(f"{verdict.robot}: episode {verdict.episode_id} under {verdict.policy} cost "
+                                  f"{verdict.cost:g} > threshold {self.threshold:g}{ending}; {verdict.streak} flagged "
+                                  f"in a row")
         self._publish_status({"kind": "flagged_episode", "robot": verdict.robot, "episode_id": verdict.episode_id,
-                              "cost": verdict.cost, "steps": verdict.steps, "streak": verdict.streak})
+                              "cost": verdict.cost, "steps": verdict.steps, "streak": verdict.streak,
+                              "policy": verdict.policy, "policies": list(verdict.policies)})
         if verdict.robot in self.compromised:
             self._fire(RuleFiring(RULE_COMPROMISED, verdict.robot, ForgetSelector(robot_ids=(verdict.robot,)),
                                   f"robot {verdict.robot} is listed as compromised and its episode "
@@ -324,7 +470,8 @@ class FleetMonitor(Node):
         with self._costs_lock:
             robots = {robot: health.to_json() for robot, health in self.costs.health.items()}
         return {"stamp": time.time(), "cost_threshold": self.threshold, "robots": robots,
-                "rules_fired": fired, "event": event}
+                "judge_only_policy_episodes": self.config.judge_only_policy_episodes, "rules_fired": fired,
+                "event": event}
 
     def _publish_status(self, event: dict[str, Any] | None) -> None:
         self.status_pub.publish(String(data=json.dumps(self.status(event), sort_keys=True)))
@@ -333,8 +480,7 @@ class FleetMonitor(Node):
         self._stop.set()
         self._firings.put(None)
         self._worker.join(timeout=10.0)
-        summary = ", ".join(f"{robot}: {h.episodes} episodes, {h.flagged_episodes} flagged"
-                            for robot, h in self.costs.health.items())
+        summary = "; ".join(health.summary() for health in self.costs.health.values())
         self.get_logger().info(f"stopped; {summary}")
 
 

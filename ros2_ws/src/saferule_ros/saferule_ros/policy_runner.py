@@ -29,6 +29,7 @@ from builtin_interfaces.msg import Time
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray
 
@@ -250,8 +251,25 @@ class PolicyRunner(Node):
             self.get_logger().info(message)
             return SwapOutcome(True, policy.version, current_version, message)
 
-    def _on_swap_request(self, request: SwapPolicy.Request, response: SwapPolicy.Response) -> SwapPolicy.Response:
-        outcome = self.swap(request.artifact_path, request.version, reason="SwapPolicy")
+    async def _on_swap_request(self, request: SwapPolicy.Request,
+                               response: SwapPolicy.Response) -> SwapPolicy.Response:
+        # Verifying an artifact (signature, ONNX session, test run) takes tens of ms: it runs on a
+        # worker thread while this coroutine waits, so the single-threaded executor keeps running
+        # the control loop; the switch itself is one reference assignment between two ticks.
+        finished: Future[SwapOutcome] = Future()
+        executor = self.executor
+        if executor is not None:
+            finished.add_done_callback(lambda _done: executor.wake())
+
+        def verify_and_switch() -> None:
+            try:
+                finished.set_result(self.swap(request.artifact_path, request.version, reason="SwapPolicy"))
+            except BaseException as err:  # noqa: BLE001 (re-raised in the service callback)
+                finished.set_exception(err)
+
+        threading.Thread(target=verify_and_switch, name="swap-verify", daemon=True).start()
+        outcome = await finished
+        assert outcome is not None
         response.ok = outcome.ok
         response.active_version = outcome.active_version
         response.previous_version = outcome.previous_version
@@ -307,7 +325,10 @@ class PolicyRunner(Node):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    return run_node(PolicyRunner, args, threads=4)
+    # One thread for every callback (control, SwapPolicy, status): rclpy's multi-threaded executor
+    # costs the control callback GIL hand-offs (measured inference p99 in the ms); swaps verify on
+    # their own worker thread (see _on_swap_request).
+    return run_node(PolicyRunner, args, threads=1)
 
 
 if __name__ == "__main__":
