@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from saferule_core.algos.base import Learner
+from saferule_core.algos.base import Learner, ModelInfo
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import UnlearningError
 from saferule_core.unlearning.baselines import run_finetune, run_neggrad_plus, run_retrain, run_trajdeleter
@@ -73,14 +73,19 @@ def check_forget_mask(dataset: OfflineDataset, forget_mask: np.ndarray) -> np.nd
     return mask
 
 
+def check_spaces_match(info: ModelInfo, obs_dim: int, act_dim: int, task: str | None,
+                       model_name: str = "the model", dataset_name: str = "the dataset") -> None:
+    """Refuse a model whose observation/action sizes or task differ from a dataset's."""
+    if (info.obs_dim, info.act_dim) != (obs_dim, act_dim):
+        raise UnlearningError(f"{model_name} ({info.algo}, task {info.task or '?'}) has obs_dim={info.obs_dim}, "
+                              f"act_dim={info.act_dim} but {dataset_name} (task {task or '?'}) has "
+                              f"obs_dim={obs_dim}, act_dim={act_dim}")
+    if info.task and task and info.task != task:
+        raise UnlearningError(f"{model_name} is for task {info.task} but {dataset_name} is from task {task}")
+
+
 def check_learner_matches(learner: Learner, dataset: OfflineDataset) -> None:
-    info = learner.info
-    if (info.obs_dim, info.act_dim) != (dataset.obs_dim, dataset.act_dim):
-        raise UnlearningError(f"the model ({info.algo}, task {info.task or '?'}) has obs_dim={info.obs_dim}, "
-                              f"act_dim={info.act_dim} but the dataset (task {dataset.task or '?'}) has "
-                              f"obs_dim={dataset.obs_dim}, act_dim={dataset.act_dim}")
-    if info.task and dataset.task and info.task != dataset.task:
-        raise UnlearningError(f"the model is for task {info.task} but the dataset is from task {dataset.task}")
+    check_spaces_match(learner.info, dataset.obs_dim, dataset.act_dim, dataset.task)
 
 
 def unlearn(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, method: str = "safe_rule",

@@ -34,7 +34,13 @@ from saferule_core.data.dataset import OfflineDataset
 from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerError, LedgerState, purge_forgotten
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import SafeRuleError, UnlearningError
-from saferule_core.unlearning.api import UnlearnReport, check_forget_mask, check_learner_matches, unlearn
+from saferule_core.unlearning.api import (
+    UnlearnReport,
+    check_forget_mask,
+    check_learner_matches,
+    check_spaces_match,
+    unlearn,
+)
 from saferule_core.unlearning.config import METHODS, UnlearnConfig
 from saferule_core.unlearning.models import load_model, save_model_dir
 from saferule_core.unlearning.session import ProgressFn
@@ -126,14 +132,8 @@ def check_model_header(model_dir: Path, store: DatasetStore) -> Learner:
     """Load the deployed model and refuse it unless its spaces and task match the dataset's."""
     learner = load_model(model_dir)
     manifest = store.manifest
-    info = learner.info
-    if (info.obs_dim, info.act_dim) != (manifest.obs_dim, manifest.act_dim):
-        raise UnlearningError(f"the model in {model_dir} ({info.algo}, task {info.task or '?'}) has obs_dim="
-                              f"{info.obs_dim}, act_dim={info.act_dim} but the dataset {store.path} (task "
-                              f"{store.task or '?'}) has obs_dim={manifest.obs_dim}, act_dim={manifest.act_dim}")
-    if info.task and store.task and info.task != store.task:
-        raise UnlearningError(f"the model in {model_dir} is for task {info.task} but the dataset {store.path} is "
-                              f"from task {store.task}")
+    check_spaces_match(learner.info, manifest.obs_dim, manifest.act_dim, store.task,
+                       f"the model in {model_dir}", f"the dataset {store.path}")
     return learner
 
 
