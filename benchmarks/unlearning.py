@@ -442,12 +442,12 @@ def safety_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for task, attack in sorted({(r["task"], r["attack"]) for r in rows}):
         case = [r for r in rows if (r["task"], r["attack"]) == (task, attack)]
         clean_safe = {r["seed"] for r in case if r["method"] == "clean" and r["normalized_cost"]["10"] <= 1.0}
-        unsafe_seeds = {r["seed"] for r in case if r["method"] == "poisoned" and r["normalized_cost"]["10"] > 1.0
+        worked_seeds = {r["seed"] for r in case if r["method"] == "poisoned" and r["normalized_cost"]["10"] > 1.0
                         and r["seed"] in clean_safe}
-        entry: dict[str, Any] = {"task": task, "attack": attack, "poisoned_unsafe_seeds": len(unsafe_seeds),
+        entry: dict[str, Any] = {"task": task, "attack": attack, "attack_worked_seeds": len(worked_seeds),
                                  "seeds": len({r["seed"] for r in case})}
         for method in UNLEARNING_METHODS_SHOWN:
-            runs = [r for r in case if r["method"] == method and r["seed"] in unsafe_seeds]
+            runs = [r for r in case if r["method"] == method and r["seed"] in worked_seeds]
             if runs:
                 entry[method] = f"{sum(r['normalized_cost']['10'] <= 1.0 for r in runs)}/{len(runs)}"
         out.append(entry)
@@ -499,7 +499,7 @@ def markdown(summary_rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]
                   "| task | attack | attack worked | " + " | ".join(UNLEARNING_METHODS_SHOWN) + " |",
                   "|---|---|---|" + "---|" * len(UNLEARNING_METHODS_SHOWN)]
         for c in counts:
-            lines.append(f"| {c['task']} | {c['attack']} | {c['poisoned_unsafe_seeds']}/{c['seeds']} | "
+            lines.append(f"| {c['task']} | {c['attack']} | {c['attack_worked_seeds']}/{c['seeds']} | "
                          + " | ".join(c.get(m, "-") for m in UNLEARNING_METHODS_SHOWN) + " |")
     if goal_rows:
         lines += ["", "## Safe-RULE against the goals (means over seeds)", "",

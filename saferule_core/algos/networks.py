@@ -142,12 +142,15 @@ class EnsembleCritic(nn.Module):
     def fused_forward_bf16(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """`forward` for every member in bfloat16 with fused ReLUs (no autograd), [members, B]."""
         x = torch.cat([obs, act], dim=-1).to(torch.bfloat16)
-        last = len(self.layers) - 1
+        # each layer's weights cast once for all members ([members, out, in], as the fused op wants)
+        weights = [(layer.weight.transpose(1, 2).to(torch.bfloat16), layer.bias[:, 0].to(torch.bfloat16))
+                   for layer in self.layers]
+        last = len(weights) - 1
         values = []
         for member in range(self.members):
             h = x
-            for i, layer in enumerate(self.layers):
-                h = _fused_linear(h, layer.weight[member].t(), layer.bias[member, 0], "relu" if i < last else "none")
+            for i, (weight, bias) in enumerate(weights):
+                h = _fused_linear(h, weight[member], bias[member], "relu" if i < last else "none")
             values.append(h.squeeze(-1))
         return torch.stack(values)
 

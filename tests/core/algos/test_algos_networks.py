@@ -108,7 +108,6 @@ def test_bcq_policy_core_uses_the_deterministic_decoder() -> None:
     torch.testing.assert_close(BCQPolicyCore(vae, actor)(obs), actor(obs, vae.decode(obs)))
 
 
-
 def test_fused_bf16_inference_matches_autocast_forward() -> None:
     assert fused_inference_available("cpu")       # the pinned torch has oneDNN's fused linear op
     torch.manual_seed(0)
