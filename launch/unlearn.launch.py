@@ -6,11 +6,13 @@ file turns each of its NodeSpecs into a launch_ros Node. The launch-free runner
 (`python -m saferule_ros.bringup up`) starts the very same specs as plain processes.
 
     ros2 launch saferule_ros unlearn.launch.py robots:=3 task:=BallRun data_root:=/tmp/fleet
-    ros2 launch saferule_ros unlearn.launch.py behaviour_drivers:=true control_rate:=50.0
+    ros2 launch saferule_ros unlearn.launch.py robots:=2 behaviour_drivers:=true compromised_robot:=robot_2
 
-With behaviour_drivers:=true the compromised robot drives recklessly from the start, so the fleet
-monitor may act on those scripted episodes before a dataset or a policy exists; `make demo`
-therefore starts the monitor together with the first policy.
+No robot is compromised unless `compromised_robot` names one of robot_1 .. robot_<robots>; naming
+another ends the launch with one error line. `dataset` (default: dataset) is the dataset under
+data_root that Forget requests naming none use. With behaviour_drivers:=true the compromised robot
+drives recklessly from the start, so the fleet monitor may act on those scripted episodes before a
+dataset or a policy exists; `make demo` therefore starts the monitor together with the first policy.
 """
 
 from ament_index_python.packages import get_package_share_directory

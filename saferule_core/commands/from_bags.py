@@ -14,6 +14,10 @@ episode start/end time from the message timestamps.
 
 Steps that cannot be aligned (a message was not recorded) are dropped and counted, as are
 malformed, duplicate and unreferenced messages; the report lists every count.
+
+A bag left open by a crash (an MCAP bag directory without metadata.yaml that no running recorder
+holds) is recovered in place first: what was written before the crash is rewritten as a complete
+bag with metadata.yaml, and the report counts the messages recovered.
 """
 
 EPILOG = """\

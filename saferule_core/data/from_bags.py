@@ -82,6 +82,9 @@ class BagImportReport:
 
     bags: list[str] = field(default_factory=list)
     robots: list[str] = field(default_factory=list)
+    recovered_bags: list[str] = field(default_factory=list)   # left open by a crash, recovered first
+    recovered_messages: int = 0          # ... the messages they still held (what was flushed)
+    recovery_dropped_bytes: int = 0      # ... an unfinished record at the end, cut off by the crash
     ignored_topics: list[str] = field(default_factory=list)
     messages_read: int = 0
     malformed_messages: int = 0          # bad step key, wrong type or width, non-finite values
@@ -120,6 +123,10 @@ class BagImportReport:
             f"{self.malformed_messages} malformed and {self.duplicate_messages} duplicate messages; "
             f"{self.unused_observations} observations and {self.unused_actions} actions without a step record",
         ]
+        if self.recovered_bags:
+            lines.append(f"{len(self.recovered_bags)} bags left open by a crash were recovered "
+                         f"({', '.join(self.recovered_bags)}): {self.recovered_messages} messages, "
+                         f"{self.recovery_dropped_bytes} bytes of an unfinished record dropped")
         if self.ignored_topics:
             lines.append(f"ignored topics: {', '.join(self.ignored_topics)}")
         return "\n".join(lines)
@@ -298,14 +305,20 @@ def dataset_from_bags(paths: Sequence[Path | str], task: str, progress: bool = F
                       ) -> tuple[OfflineDataset, BagImportReport]:
     """Read the robot topics of every bag in `paths` (see `find_bags`) and align them into a dataset.
 
-    Episodes are ordered by start time; each row block is in step order. Raises DatasetError when
-    no step can be aligned.
+    MCAP bags left open by a crash (no metadata.yaml, not locked by a recorder still writing them)
+    are first recovered in place (see `bag_recovery`), so that what was written before the crash is
+    read too. Episodes are ordered by start time; each row block is in step order. Raises
+    DatasetError when no step can be aligned.
     """
+    from saferule_core.data.bag_recovery import recover_open_bags
     from saferule_core.tasks.spec import get_task  # importing saferule_core.tasks loads gymnasium
 
     spec = get_task(task)
+    recovered = recover_open_bags(paths)
     bags = find_bags(paths)
-    report = BagImportReport(bags=[bag.name for bag in bags])
+    report = BagImportReport(bags=[bag.name for bag in bags], recovered_bags=[r.bag.name for r in recovered],
+                             recovered_messages=sum(r.messages for r in recovered),
+                             recovery_dropped_bytes=sum(r.dropped_bytes for r in recovered))
     robots = _read_bags(bags, spec, report, progress)
     report.robots = sorted(robots)
     rows: dict[str, list[np.ndarray]] = defaultdict(list)

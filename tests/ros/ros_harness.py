@@ -15,6 +15,8 @@ from pathlib import Path
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.publisher import Publisher
+from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "ros2_ws" / "src" / "saferule_ros" / "config"
@@ -84,3 +86,41 @@ def spin_until(executor: SingleThreadedExecutor, done: Callable[[], bool], what:
 def call(executor: SingleThreadedExecutor, future, what: str, process: NodeProcess | None = None):  # type: ignore[no-untyped-def]
     spin_until(executor, future.done, what, process=process)
     return future.result()
+
+
+@dataclass
+class RobotTopics:
+    """Publishers of one robot's recorded topics (what its sim_robot publishes), on a test-side node."""
+
+    observation: Publisher
+    applied_action: Publisher
+    step_record: Publisher
+
+    @staticmethod
+    def create(node: Node, robot: str) -> RobotTopics:
+        from saferule_ros.topics import recorder_qos
+
+        qos = recorder_qos(1000)   # a reliable history deep enough for a whole burst
+        return RobotTopics(node.create_publisher(Float32MultiArray, f"/{robot}/observation", qos),
+                           node.create_publisher(Float32MultiArray, f"/{robot}/applied_action", qos),
+                           node.create_publisher(Float64MultiArray, f"/{robot}/step_record", qos))
+
+    def subscribed(self) -> bool:
+        return all(p.get_subscription_count() > 0 for p in (self.observation, self.applied_action, self.step_record))
+
+    def publish_episode(self, episode_id: str, steps: int, seed: int = 0) -> int:
+        """A BallRun-shaped episode of `steps` steps as one burst; returns the number of messages."""
+        import numpy as np
+
+        from saferule_ros.conversions import float32_array, step_record
+        from saferule_ros.topics import step_key
+
+        rng = np.random.default_rng(seed)
+        observations = rng.normal(size=(steps + 1, 7)).astype(np.float32)
+        actions = rng.uniform(-1, 1, size=(steps, 2)).astype(np.float32)
+        for t in range(steps):
+            self.observation.publish(float32_array(observations[t], step_key(episode_id, t)))
+            self.applied_action.publish(float32_array(actions[t], step_key(episode_id, t)))
+            self.step_record.publish(step_record(episode_id, t, float(rng.normal()), 0.0, False, t == steps - 1))
+        self.observation.publish(float32_array(observations[steps], step_key(episode_id, steps)))
+        return 3 * steps + 1

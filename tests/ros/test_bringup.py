@@ -161,3 +161,40 @@ def test_show_prints_one_command_per_node(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "saferule_ros.bringup", "show", "--robots", "0"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "at least one robot" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("robots", [1, 2, 5])
+def test_any_fleet_size_starts_with_the_default_arguments(tmp_path: Path, robots: int) -> None:
+    robot_ids = [f"robot_{i}" for i in range(1, robots + 1)]
+    specs = fleet_nodes(FleetArgs.from_strings({"robots": str(robots), "data_root": str(tmp_path)}))
+    assert [spec.label for spec in specs] == [f"{robot}/{node}" for robot in robot_ids
+                                              for node in ("sim_robot", "policy_runner")] + [
+        "recorder", "unlearning_server", "fleet_monitor"]
+    nodes = by_label(specs)
+    monitor = overrides(nodes["fleet_monitor"])
+    assert monitor["robots"] == robot_ids and monitor["compromised_robot"] == "" and monitor["auto_forget"] is False
+    assert overrides(nodes["recorder"])["robots"] == robot_ids
+    server = overrides(nodes["unlearning_server"])
+    assert server["robots"] == robot_ids and server["default_dataset"] == monitor["dataset"] == DATASET_NAME
+
+
+def test_a_compromised_robot_outside_the_fleet_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from saferule_ros.bringup import main
+
+    assert main(["show", "--robots", "2", "--compromised-robot", "robot_3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "compromised_robot 'robot_3' is not a robot of this fleet of 2 (robot_1, robot_2)" in err
+    with pytest.raises(FleetConfigError, match="robot_9"):
+        FleetArgs.from_strings({"robots": "5", "compromised_robot": "robot_9"})
+
+
+def test_the_dataset_argument_names_the_servers_default_and_the_monitors_dataset(tmp_path: Path) -> None:
+    fleet = FleetArgs(robots=1, data_root=str(tmp_path), dataset="live")
+    nodes = by_label(fleet_nodes(fleet))
+    assert overrides(nodes["unlearning_server"])["default_dataset"] == "live"
+    assert overrides(nodes["fleet_monitor"])["dataset"] == "live"
+    assert fleet.layout.dataset_dir == tmp_path.resolve() / "live"
+    for bad in ("", "../elsewhere", "/abs"):
+        with pytest.raises(FleetConfigError, match="dataset"):
+            FleetArgs(dataset=bad)

@@ -8,7 +8,7 @@ and what the launch-free runner (`python -m saferule_ros.bringup up`) starts as 
     /robot_<i>/behaviour_driver   only with behaviour_drivers: scripted driving until a policy runs
     /recorder                     MCAP bags of every robot's topics
     /unlearning_server            Forget service + Unlearn action; swaps every runner on success
-    /fleet_monitor                per-robot episode cost; forgets a compromised robot's data
+    /fleet_monitor                per-robot episode cost; forgets a compromised robot's data (if one is named)
 
 Parameters: the node's YAML file from the package's config directory, then the overrides the fleet
 arguments imply (namespaced paths under the data root, task, rate, seeds). Every path a node uses
@@ -38,7 +38,7 @@ from saferule_core.errors import SafeRuleError
 
 PACKAGE = "saferule_ros"
 ROBOT_PREFIX = "robot_"
-DATASET_NAME = "dataset"                # the fleet's dataset, under the data root
+DATASET_NAME = "dataset"                # the fleet's dataset, under the data root (default)
 CAUTIOUS_AGGRESSIVENESS = (0.0, 0.6)    # behaviour drivers of healthy robots: mostly within the cost limit
 RECKLESS_AGGRESSIVENESS = (0.9, 1.0)    # the compromised robot's driver: over the speed limit nearly all the time
 
@@ -88,6 +88,7 @@ class FleetLayout:
     """Where everything of one fleet lives, under one data root."""
 
     root: Path
+    dataset: str = DATASET_NAME
 
     @property
     def bags_dir(self) -> Path:
@@ -96,7 +97,7 @@ class FleetLayout:
     @property
     def dataset_dir(self) -> Path:
         """The fleet's dataset (a saferule DatasetStore with its forget ledger)."""
-        return self.root / DATASET_NAME
+        return self.root / self.dataset
 
     @property
     def deployed_model_dir(self) -> Path:
@@ -135,9 +136,12 @@ class FleetArgs:
     task: str = _arg("BallRun", "task every sim_robot simulates")
     robots: int = _arg(3, "number of robots, namespaces /robot_1 .. /robot_N")
     data_root: str = _arg("fleet", "directory of the fleet's bags, dataset, policies, keys, models")
+    dataset: str = _arg(DATASET_NAME, "the fleet's dataset directory under data_root (Forget requests that name "
+                                      "none use it; so does the fleet monitor)")
     method: str = _arg("safe_rule", "unlearning method the monitor asks for")
     control_rate: float = _arg(50.0, "steps per second of every sim_robot")
-    compromised_robot: str = _arg("robot_3", "robot whose data the monitor forgets when costs rise ('' = none)")
+    compromised_robot: str = _arg("", "robot whose data the monitor forgets when costs rise, e.g. robot_3 "
+                                      "('' = none)")
     behaviour_drivers: bool = _arg(False, "drive every robot with scripted behaviours until its runner has a policy")
     seed: int = _arg(0, "seed of the simulators and behaviour drivers")
     bag_split_s: float = _arg(600.0, "the recorder closes a bag after this many seconds")
@@ -153,12 +157,14 @@ class FleetArgs:
             raise FleetConfigError(f"bag_split_s must be > 0, got {self.bag_split_s}")
         if not self.data_root:
             raise FleetConfigError("data_root must name a directory")
+        if not self.dataset or Path(self.dataset).is_absolute() or ".." in Path(self.dataset).parts:
+            raise FleetConfigError(f"dataset {self.dataset!r}: name a directory under data_root (relative, no '..')")
         from saferule_core.tasks.spec import get_task
 
         get_task(self.task)  # TaskError (a SafeRuleError) names the known tasks
         if self.compromised_robot and self.compromised_robot not in self.robot_ids:
-            raise FleetConfigError(f"compromised_robot {self.compromised_robot!r} is not one of the fleet's robots "
-                                   f"({', '.join(self.robot_ids)})")
+            raise FleetConfigError(f"compromised_robot {self.compromised_robot!r} is not a robot of this fleet of "
+                                   f"{self.robots} ({', '.join(self.robot_ids)}); name one of them, or '' for none")
 
     @property
     def robot_ids(self) -> list[str]:
@@ -166,7 +172,7 @@ class FleetArgs:
 
     @property
     def layout(self) -> FleetLayout:
-        return FleetLayout(Path(self.data_root).expanduser().resolve())
+        return FleetLayout(Path(self.data_root).expanduser().resolve(), self.dataset)
 
     def resolved_config_dir(self) -> Path:
         return Path(self.config_dir).expanduser() if self.config_dir else share_dir() / "config"
@@ -248,11 +254,11 @@ def fleet_nodes(args: FleetArgs) -> list[NodeSpec]:
         _yaml(config, "recorder"),
         {"robots": args.robot_ids, "out_dir": str(layout.bags_dir), "split_max_duration_s": float(args.bag_split_s)},
     )))
-    # No default_dataset: the server checks it at start, and the dataset is built from the bags the
-    # fleet records after it starts; requests name it (DATASET_NAME) instead.
+    # The dataset may not exist yet (it is built from the bags the fleet records): the server only
+    # warns at start, and refuses requests that name no dataset until it does.
     specs.append(NodeSpec(PACKAGE, "unlearning_server", "unlearning_server", "/", (
         _yaml(config, "unlearning_server"),
-        {"data_root": str(layout.root), "model_dir": str(layout.deployed_model_dir),
+        {"data_root": str(layout.root), "default_dataset": args.dataset, "model_dir": str(layout.deployed_model_dir),
          "registry_dir": str(layout.registry_dir), "signing_key": str(layout.key_dir), "work_dir": str(layout.work_dir),
          "robots": args.robot_ids, "default_method": args.method,
          "unlearn_config_file": str(Path(args.unlearn_config_file).expanduser().resolve())
@@ -263,7 +269,7 @@ def fleet_nodes(args: FleetArgs) -> list[NodeSpec]:
     # healthy robots go over the threshold too, and their data is not what must be forgotten.
     monitor: dict[str, Any] = {"robots": args.robot_ids, "task": args.task, "cost_threshold": 0.0,
                                "compromised_robot": args.compromised_robot,
-                               "auto_forget": bool(args.compromised_robot), "dataset": DATASET_NAME,
+                               "auto_forget": bool(args.compromised_robot), "dataset": args.dataset,
                                "method": args.method}
     if args.compromised_robot:
         monitor["flag_streak"] = 0

@@ -12,6 +12,13 @@ metadata.yaml exists (rosbags writes it last, atomically), so a reader never mis
 written for a finished one. When `queue_size` messages wait for the writer, the subscriptions wait
 too (back pressure into DDS).
 
+A recorder killed outright (kill -9) leaves its current bag without metadata.yaml. The writer thread
+bounds what that loses: every `flush_period_s` it closes rosbags' open chunk (up to 1 MiB otherwise
+kept in memory) and flushes the file to the OS (no fsync: a power loss may lose more), and it holds
+a lock on the bag directory while writing. At its next start the recorder recovers every unlocked
+bag left open in out_dir (`saferule_core.data.bag_recovery`; `saferule from-bags` does the same):
+what was flushed is kept, the rest is lost.
+
 Loss upstream of the recorder (a KEEP_LAST history overwritten in DDS, a publisher's own queue)
 never reaches its received/written counters, so the writer thread also checks the step keys
 ("<episode_id>@<step>" in layout.dim[0].label): steps skipped within an episode count as
@@ -42,6 +49,7 @@ from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from saferule_core.data.bag_recovery import BagLock, recover_open_bags
 from saferule_ros.params import ConfigError, declare_config
 from saferule_ros.spin import run_node
 from saferule_ros.topics import RECORDABLE_TOPICS, parse_step_key, recorder_qos, ros_type_name
@@ -68,6 +76,7 @@ class RecorderConfig:
     qos_history: str = "keep_all"
     qos_depth: int = 1000
     stats_period_s: float = 10.0
+    flush_period_s: float = 1.0     # at most this much recording is lost when the recorder is killed
 
 
 def recorder_subscription_qos(history: str, depth: int) -> QoSProfile:
@@ -155,9 +164,11 @@ class _BagSeries:
         self.typestore = get_typestore(Stores.ROS2_KILTED)
         self.index = 0
         self.writer: Writer | None = None
+        self.lock: BagLock | None = None
         self.connections: dict[str, Connection] = {}
         self.bytes = 0
         self.first_ns = 0
+        self.unflushed = 0   # messages written since the last flush: what a crash now would lose
         self.closed: list[Path] = []
 
     def _open(self, first_ns: int) -> Writer:
@@ -168,6 +179,8 @@ class _BagSeries:
         self.index += 1
         writer = Writer(path, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
         writer.open()
+        self.lock = BagLock(path)
+        self.lock.acquire()   # a new directory: nobody else holds it
         self.writer, self.connections, self.bytes, self.first_ns = writer, {}, 0, first_ns
         return writer
 
@@ -184,6 +197,20 @@ class _BagSeries:
             self.connections[topic] = connection
         writer.write(connection, time_ns, data)
         self.bytes += len(data)
+        self.unflushed += 1
+
+    def flush(self) -> None:
+        """Put every message written so far into the file, where a crash cannot take it: rosbags
+        keeps its open chunk in memory (up to 1 MiB) and has no flush of its own."""
+        storage = self.writer.storage if self.writer is not None else None
+        if storage is None or not self.unflushed:
+            return
+        close_chunk, bio = getattr(storage, "close_chunk", None), getattr(storage, "bio", None)
+        if close_chunk is None or bio is None:  # not rosbags' MCAP writer: nothing to do
+            return
+        close_chunk()
+        bio.flush()
+        self.unflushed = 0
 
     def close(self) -> None:
         if self.writer is None:
@@ -193,6 +220,10 @@ class _BagSeries:
         self.writer.close()
         self.closed.append(self.writer.path)
         self.writer = None
+        self.unflushed = 0
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 # ----- node --------------------------------------------------------------------------------------
@@ -229,8 +260,9 @@ class Recorder(Node):
         if unknown or not cfg.topics or not cfg.robots:
             raise ConfigError(f"topics {cfg.topics} / robots {cfg.robots}: name at least one robot and topics among "
                               f"{', '.join(RECORDABLE_TOPICS)}")
-        if cfg.split_max_bytes <= 0 or cfg.split_max_duration_s <= 0 or cfg.queue_size <= 0 or cfg.qos_depth <= 0:
-            raise ConfigError("split_max_bytes, split_max_duration_s, queue_size and qos_depth must be > 0")
+        if min(cfg.split_max_bytes, cfg.split_max_duration_s, cfg.queue_size, cfg.qos_depth, cfg.flush_period_s) <= 0:
+            raise ConfigError("split_max_bytes, split_max_duration_s, queue_size, qos_depth and flush_period_s "
+                              "must be > 0")
         qos = recorder_subscription_qos(cfg.qos_history, cfg.qos_depth)
         self.types: dict[str, str] = {f"/{robot.strip('/')}/{name}": ros_type_name(RECORDABLE_TOPICS[name])
                                       for robot in cfg.robots for name in cfg.topics}
@@ -274,26 +306,58 @@ class Recorder(Node):
         self._enqueued += len(batch)
         self._queue.put((topic, batch))
 
+    def _recover_left_open(self) -> None:
+        """Bags a crashed recorder left open in out_dir become complete bags (before this recorder
+        opens its first bag; meanwhile the queue holds what arrives)."""
+        def failed(bag: Path, err: Exception) -> None:
+            self.get_logger().error(f"cannot recover {bag}, left open by a crash: {err}")
+
+        try:
+            recovered = recover_open_bags([self.bags.out_dir], on_error=failed)
+        except Exception as err:  # whatever it is, it must not stop this recording
+            failed(self.bags.out_dir, err)
+            return
+        for recovery in recovered:
+            self.get_logger().warning(f"recovered a bag left open by a crash: {recovery.summary()}")
+
     def _drain(self) -> None:
-        bags, steps, msgtype_of = self.bags, self.steps, self.types
+        self._recover_left_open()
+        period_s = self.config.flush_period_s
+        next_flush = time.monotonic() + period_s
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=max(0.0, next_flush - time.monotonic()))
+            except queue.Empty:
+                item = ("", [])   # nothing arrived: only the flush is due
             if item is None:
                 break
-            topic, batch = item
-            msgtype = msgtype_of[topic]
-            failed = 0
-            for time_ns, data in batch:
-                try:
-                    bags.write(topic, msgtype, time_ns, data)
-                except Exception as err:  # disk full, permissions: count, say so, keep draining
-                    failed += 1
-                    self.get_logger().error(f"cannot write to bag: {err}", throttle_duration_sec=5.0)
-                steps.see(topic, data)
-            self.written[topic] += len(batch) - failed
-            self.write_failed[topic] += failed
-            self._dequeued += len(batch)
-        bags.close()
+            self._write(*item)
+            if time.monotonic() >= next_flush:
+                self._flush()
+                next_flush = time.monotonic() + period_s
+        self.bags.close()
+
+    def _write(self, topic: str, batch: Batch) -> None:
+        if not batch:
+            return
+        bags, steps, msgtype = self.bags, self.steps, self.types[topic]
+        failed = 0
+        for time_ns, data in batch:
+            try:
+                bags.write(topic, msgtype, time_ns, data)
+            except Exception as err:  # disk full, permissions: count, say so, keep draining
+                failed += 1
+                self.get_logger().error(f"cannot write to bag: {err}", throttle_duration_sec=5.0)
+            steps.see(topic, data)
+        self.written[topic] += len(batch) - failed
+        self.write_failed[topic] += failed
+        self._dequeued += len(batch)
+
+    def _flush(self) -> None:
+        try:
+            self.bags.flush()
+        except Exception as err:  # disk full: what is unflushed stays in memory until the bag closes
+            self.get_logger().error(f"cannot flush the bag: {err}", throttle_duration_sec=5.0)
 
     def _custom_data(self) -> dict[str, str]:
         """Recording totals so far (since the recorder started), kept in each bag's metadata; topics
@@ -333,9 +397,9 @@ class Recorder(Node):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    # One thread: every callback is in the node's one mutually exclusive group anyway, and idle
-    # workers of a bigger pool only compete for the GIL. (A SingleThreadedExecutor, which run_node
-    # does not offer, takes about 1.5-2x more messages/s unpaced: no busy wait while a callback runs.)
+    # One thread, so run_node's SingleThreadedExecutor: every callback is in the node's one mutually
+    # exclusive group anyway, and it takes 1.5-2x more messages/s unpaced than a one-thread
+    # MultiThreadedExecutor, which busy-waits while a callback runs.
     return run_node(Recorder, args, threads=1)
 
 
