@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from saferule_core.algos.batch import Batch, NormalizationStats
+from saferule_core.algos.functional import ModelState, live_params
 from saferule_core.algos.networks import DeployablePolicy
 from saferule_core.algos.registry import ConfigError
 from saferule_core.data.dataset import OfflineDataset
@@ -119,6 +120,9 @@ class Learner(ABC):
     """Base of all learners. Subclasses build their networks in `__init__(config, info)`."""
 
     config_class: ClassVar[type[LearnerConfig]]
+    # Whether K models of this learner can train as one stack (`algos.stacked`): the learner then
+    # implements `update_step` and `draw_noise`, and `update` is `update_step` on its own state.
+    stackable: ClassVar[bool] = False
 
     def __init__(self, config: LearnerConfig, info: ModelInfo) -> None:
         config.validate()
@@ -126,6 +130,7 @@ class Learner(ABC):
         self.info = info
         self.device = torch.device(config.device)
         self.num_updates = 0
+        self._own_state: ModelState | None = None
 
     # ----- construction ---------------------------------------------------------------------
     @classmethod
@@ -150,9 +155,33 @@ class Learner(ABC):
         return cls(config, info)
 
     # ----- what subclasses provide ------------------------------------------------------------
-    @abstractmethod
     def update(self, batch: Batch) -> Metrics:
         """One gradient step on `batch`; returns detached 0-dim metric tensors."""
+        metrics = self.update_step(self.own_state(), batch, self.draw_noise(batch.size))
+        self.num_updates += 1
+        return metrics
+
+    def update_step(self, state: ModelState, batch: Batch, noise: dict[str, torch.Tensor]) -> Metrics:
+        """The update of a stackable learner, written once for one model and for K stacked ones
+        (see `algos.functional`); learners that are not stackable override `update` instead."""
+        raise NotImplementedError(f"{type(self).__name__} overrides update() and cannot train in a stack")
+
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Every random number one update needs, drawn from `generator` (the global RNG if None)."""
+        return {}
+
+    def prepare_for_stack(self) -> None:
+        """Switch off anything `update_step` cannot do under vmap (called on a stack's first model)."""
+
+    def own_state(self) -> ModelState:
+        """This learner's live parameters, optimizers and controllers, as `update_step` reads them."""
+        if self._own_state is None:
+            networks = self.networks()
+            self._own_state = ModelState(
+                params={name: live_params(m) for name, m in networks.items() if any(True for _ in m.parameters())},
+                optimizers=self.optimizers(),
+                controllers={name: m for name, m in networks.items() if not any(True for _ in m.parameters())})
+        return self._own_state
 
     @abstractmethod
     def policy_core(self) -> nn.Module:

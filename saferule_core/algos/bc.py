@@ -15,6 +15,7 @@ from torch import nn
 
 from saferule_core.algos.base import Learner, LearnerConfig, Metrics, ModelInfo, make_adam
 from saferule_core.algos.batch import Batch
+from saferule_core.algos.functional import ModelState, Params, bind
 from saferule_core.algos.networks import SquashedDeterministicActor
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import DatasetError
@@ -40,6 +41,7 @@ def safe_episodes(dataset: OfflineDataset, cost_limit: float) -> OfflineDataset:
 class BC(Learner):
     config_class = BCConfig
     config: BCConfig
+    stackable = True
 
     def __init__(self, config: BCConfig, info: ModelInfo) -> None:
         super().__init__(config, info)
@@ -57,17 +59,14 @@ class BC(Learner):
         assert isinstance(config, BCConfig)
         return safe_episodes(dataset, config.cost_limit) if config.safe_only else dataset
 
-    def _actor_loss(self, batch: Batch) -> torch.Tensor:
+    def _actor_loss(self, actor: Params, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            predicted = self.actor(batch.observations)
-        return (predicted.float() - batch.actions).pow(2).mean()
+            predicted = bind(self.actor, actor)(observations)
+        return (predicted.float() - actions).pow(2).mean()
 
-    def update(self, batch: Batch) -> Metrics:
-        loss = self._loss(batch)
-        self.actor_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.actor_optim.step()
-        self.num_updates += 1
+    def update_step(self, state: ModelState, batch: Batch, noise: dict[str, torch.Tensor]) -> Metrics:
+        loss = state.run(self._loss, state.params["actor"], batch.observations, batch.actions)
+        state.step("actor", loss)
         return {"actor_loss": loss.detach()}
 
     def policy_core(self) -> nn.Module:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from saferule_core.algos.base import (
     Learner,
@@ -37,9 +36,9 @@ from saferule_core.algos.base import (
     frozen_copy,
     make_adam,
     per_step_cost_threshold,
-    soft_update,
 )
 from saferule_core.algos.batch import Batch
+from saferule_core.algos.functional import ModelState, Params, bind, lerp_params
 from saferule_core.algos.lagrangian import PIDGains, PIDLagrangian
 from saferule_core.algos.networks import (
     BCQPolicyCore,
@@ -81,6 +80,7 @@ class BCQLagConfig(LearnerConfig):
 class BCQLag(Learner):
     config_class = BCQLagConfig
     config: BCQLagConfig
+    stackable = True
 
     def __init__(self, config: BCQLagConfig, info: ModelInfo) -> None:
         super().__init__(config, info)
@@ -96,9 +96,6 @@ class BCQLag(Learner):
         self.vae_optim = make_adam(self.vae.parameters(), config.vae_lr, config.optimizer)
         self.actor_optim = make_adam(self.actor.parameters(), config.actor_lr, config.optimizer)
         self.critic_optim = make_adam(self.critics.parameters(), config.critic_lr, config.optimizer)
-        # Detached views of the critic weights (same storage, so they follow every update): the
-        # actor step differentiates through the critics' inputs only, never into their weights.
-        self._frozen_critic_params = {name: p.detach() for name, p in self.critics.named_parameters()}
         self._fused_targets = config.fused_targets and config.precision == "bf16" and not config.compile and \
             fused_inference_available(dev)
         self._vae_loss = self.maybe_compile(self._vae_loss_impl)
@@ -110,28 +107,41 @@ class BCQLag(Learner):
     def algo_name(cls, config: LearnerConfig) -> str:
         return "bcq_lag"
 
-    # ----- the four phases of an update (pure tensor functions, compiled when asked) ---------
-    def _vae_loss_impl(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    def prepare_for_stack(self) -> None:
+        self._fused_targets = False      # oneDNN's fused kernels have no batching rule
+
+    # ----- the phases of an update: pure functions of parameters and tensors (see algos.functional) ----
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The VAE's reparameterisation draw [B, latent] and the latents of the behaviour samples
+        [B * k + B, latent] (k per next state for the targets, one per state for the actor)."""
+        latent, samples = self.vae.latent_dim, self.config.num_sampled_actions
+        like = torch.empty(0, device=self.device)
+        return {"vae_eps": torch.randn(batch_size, latent, device=self.device, generator=generator),
+                "latents": self.vae.sample_latent(batch_size * (samples + 1), like, generator)}
+
+    def _vae_loss_impl(self, vae: Params, obs: torch.Tensor, act: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            return vae_loss(self.vae, obs, act, self.config.beta)
+            return vae_loss(bind(self.vae, vae), obs, act, self.config.beta, eps)
 
     @torch.no_grad()
-    def _critic_targets_impl(self, obs: torch.Tensor, next_obs: torch.Tensor, rewards: torch.Tensor,
-                             costs: torch.Tensor, terminals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _critic_targets_impl(self, vae: Params, actor_target: Params, critics_target: Params, obs: torch.Tensor,
+                             next_obs: torch.Tensor, rewards: torch.Tensor, costs: torch.Tensor,
+                             terminals: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets [4, B] for the critic members and VAE-sampled behaviour actions at `obs` [B, act]."""
         cfg = self.config
         batch, samples = obs.shape[0], cfg.num_sampled_actions
         next_obs_rep = next_obs.repeat_interleave(samples, dim=0)             # [B*k, obs]
-        if self._fused_targets:
-            decoded = self.vae.fused_decode_sampled_bf16(torch.cat([next_obs_rep, obs], dim=0))
+        # One decoder pass for the next-state samples and the actor's behaviour actions.
+        decoder_input = torch.cat([next_obs_rep, obs], dim=0)
+        if self._fused_targets:        # a single learner only: the fused kernels read the live modules
+            decoded = self.vae.fused_decode_sampled_bf16(decoder_input, latents)
             next_actions = self.actor_target.fused_forward_bf16(next_obs_rep, decoded[:batch * samples])
             q_next = self.critics_target.fused_forward_bf16(next_obs_rep, next_actions).float()
         else:
             with self.autocast():
-                # One decoder pass for the next-state samples and the actor's behaviour actions.
-                decoded = self.vae.decode_sampled(torch.cat([next_obs_rep, obs], dim=0))
-                next_actions = self.actor_target(next_obs_rep, decoded[:batch * samples])
-                q_next = self.critics_target(next_obs_rep, next_actions).float()  # [4, B*k]
+                decoded = bind(self.vae, vae, "decode_sampled")(decoder_input, latents)
+                next_actions = bind(self.actor_target, actor_target)(next_obs_rep, decoded[:batch * samples])
+                q_next = bind(self.critics_target, critics_target)(next_obs_rep, next_actions).float()  # [4, B*k]
         pairs = q_next.view(2, 2, batch * samples)                              # (reward, cost) x twin
         blended = cfg.lmbda * pairs.min(dim=1).values + (1.0 - cfg.lmbda) * pairs.max(dim=1).values
         best = blended.view(2, batch, samples).max(dim=2).values                # [2, B]
@@ -141,58 +151,55 @@ class BCQLag(Learner):
         targets = torch.stack([reward_target, reward_target, cost_target, cost_target])
         return targets, decoded[batch * samples:].float()
 
-    def _critic_loss_impl(self, obs: torch.Tensor, act: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _critic_loss_impl(self, critics: Params, obs: torch.Tensor, act: torch.Tensor,
+                          targets: torch.Tensor) -> torch.Tensor:
         """Per-member mean squared TD error, [4]."""
         with self.autocast():
-            q = self.critics(obs, act)
+            q = bind(self.critics, critics)(obs, act)
         return (q.float() - targets).pow(2).mean(dim=1)
 
-    def _actor_q_impl(self, obs: torch.Tensor, behaviour_actions: torch.Tensor) -> torch.Tensor:
+    def _actor_q_impl(self, actor: Params, critics: Params, obs: torch.Tensor,
+                      behaviour_actions: torch.Tensor) -> torch.Tensor:
         """Q of the actor's actions for all four critics, [4, B]; gradients reach the actor only."""
+        frozen = {name: p.detach() for name, p in critics.items()}
         with self.autocast():
-            actions = self.actor(obs, behaviour_actions)
-            q = functional_call(self.critics, self._frozen_critic_params, (obs, actions))
+            actions = bind(self.actor, actor)(obs, behaviour_actions)
+            q = bind(self.critics, frozen)(obs, actions)
         return q.float()
 
-    # ----- one update ---------------------------------------------------------------------------
-    def update(self, batch: Batch) -> Metrics:
-        cfg = self.config
+    # ----- one update (one model, or K stacked: leading axes are written as `...`) --------------------
+    def update_step(self, state: ModelState, batch: Batch, noise: dict[str, torch.Tensor]) -> Metrics:
+        cfg, p = self.config, state.params
         obs = batch.observations
 
-        loss_vae = self._vae_loss(obs, batch.actions)
-        self.vae_optim.zero_grad(set_to_none=True)
-        loss_vae.backward()
-        self.vae_optim.step()
+        loss_vae = state.run(self._vae_loss, p["vae"], obs, batch.actions, noise["vae_eps"])
+        state.step("vae", loss_vae)
 
-        targets, behaviour_actions = self._critic_targets(obs, batch.next_observations, batch.rewards,
-                                                          batch.costs, batch.terminals)
-        member_losses = self._critic_loss(obs, batch.actions, targets)
-        self.critic_optim.zero_grad(set_to_none=True)
-        member_losses.sum().backward()
-        self.critic_optim.step()
+        targets, behaviour_actions = state.run(self._critic_targets, p["vae"], p["actor_target"], p["critics_target"],
+                                               obs, batch.next_observations, batch.rewards, batch.costs,
+                                               batch.terminals, noise["latents"])
+        member_losses = state.run(self._critic_loss, p["critics"], obs, batch.actions, targets)
+        state.step("critics", member_losses)
 
-        q = self._actor_q(obs, behaviour_actions)
-        q_reward = q[REWARD_MEMBERS].min(dim=0).values
-        q_cost = q[COST_MEMBERS].min(dim=0).values
-        multiplier = self.lagrangian.update(q_cost)
-        cost_penalty = (multiplier * (q_cost - self.q_threshold)).mean()
-        loss_actor = -q_reward.mean() + cost_penalty
-        self.actor_optim.zero_grad(set_to_none=True)
-        loss_actor.backward()
-        self.actor_optim.step()
+        q = state.run(self._actor_q, p["actor"], p["critics"], obs, behaviour_actions)   # [..., 4, B]
+        q_reward = q[..., REWARD_MEMBERS, :].min(dim=-2).values
+        q_cost = q[..., COST_MEMBERS, :].min(dim=-2).values
+        multiplier = state.controllers["lagrangian"].update(q_cost)
+        cost_penalty = (multiplier.unsqueeze(-1) * (q_cost - self.q_threshold)).mean(dim=-1)
+        loss_actor = -q_reward.mean(dim=-1) + cost_penalty
+        state.step("actor", loss_actor)
 
-        soft_update(self.critics_target, self.critics, cfg.tau)
-        soft_update(self.actor_target, self.actor, cfg.tau)
-        self.num_updates += 1
+        lerp_params(p["critics_target"], p["critics"], cfg.tau)
+        lerp_params(p["actor_target"], p["actor"], cfg.tau)
         member_losses = member_losses.detach()
         return {
             "vae_loss": loss_vae.detach(),
-            "reward_critic_loss": member_losses[REWARD_MEMBERS].sum(),
-            "cost_critic_loss": member_losses[COST_MEMBERS].sum(),
+            "reward_critic_loss": member_losses[..., REWARD_MEMBERS].sum(dim=-1),
+            "cost_critic_loss": member_losses[..., COST_MEMBERS].sum(dim=-1),
             "actor_loss": loss_actor.detach(),
             "cost_penalty": cost_penalty.detach(),
-            "q_reward": q_reward.detach().mean(),
-            "q_cost": q_cost.detach().mean(),
+            "q_reward": q_reward.detach().mean(dim=-1),
+            "q_cost": q_cost.detach().mean(dim=-1),
             "lagrange_multiplier": multiplier,
         }
 

@@ -9,7 +9,8 @@ multiplier lambda >= 0 for the penalty lambda * (cost - threshold):
     lambda_t = max(0, KP * max(0, e_t) + KI * I_t + KD * D_t)
 
 State lives in tensor buffers so that `update` never leaves torch (no host sync) and
-`state_dict()` saves it with the model.
+`state_dict()` saves it with the model. A controller for K stacked models (`algos.stacked`) has
+buffers of shape [K] and is fed measurements [K, B]: each model gets its own multiplier.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ class PIDLagrangian(nn.Module):
 
     @torch.no_grad()
     def update(self, measured: torch.Tensor) -> torch.Tensor:
-        """Feed one measurement (its mean is used); return the new multiplier (0-dim tensor)."""
+        """Feed one measurement [B] (its mean is used); return the new multiplier (0-dim tensor).
+        With [K]-shaped state, `measured` is [K, B] and the multiplier [K]."""
         g = self.gains
-        error = measured.detach().float().mean() - self.threshold
+        error = measured.detach().float().flatten(start_dim=self.integral.dim()).mean(dim=-1) - self.threshold
         derivative = torch.relu(error - self.previous_error)
         self.integral.copy_(torch.relu(self.integral + error))
         self.previous_error.copy_(error)

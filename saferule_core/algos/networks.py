@@ -62,10 +62,18 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int,
 _FUSED_ACTIVATIONS: dict[type[nn.Module], str] = {ReLU: "relu", Tanh: "tanh"}
 
 
+def native_bf16_available() -> bool:
+    """Whether this CPU computes bfloat16 matmuls in hardware (AVX-512 BF16 / AMX). Without it
+    oneDNN emulates them, hundreds of times slower than float32 (measured: ~1 GFLOP/s on an
+    AVX2-only EPYC), and its fused bfloat16 linear op refuses to run at all."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def fused_inference_available(device: torch.device | str) -> bool:
-    """Whether `fused_mlp_bf16` and friends can run here (CPU with oneDNN's fused linear op)."""
-    return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available() and \
-        hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether `fused_mlp_bf16` and friends can run here (CPU with native bfloat16 and oneDNN's
+    fused linear op)."""
+    return torch.device(device).type == "cpu" and hasattr(torch.ops.mkldnn, "_linear_pointwise") and \
+        native_bf16_available()
 
 
 def _fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, activation: str) -> torch.Tensor:
@@ -239,22 +247,26 @@ class ConditionalVAE(nn.Module):
             z = obs.new_zeros(obs.shape[:-1] + (self.latent_dim,))
         return self.decoder(torch.cat([obs, z], dim=-1))
 
-    def sample_latent(self, rows: int, like: torch.Tensor) -> torch.Tensor:
-        z = torch.randn(rows, self.latent_dim, dtype=like.dtype, device=like.device)
+    def sample_latent(self, rows: int, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """BCQ's latent draw for `rows` decodes: N(0, 1) clipped to +-VAE_LATENT_CLIP."""
+        z = torch.randn(rows, self.latent_dim, dtype=like.dtype, device=like.device, generator=generator)
         return z.clamp(-VAE_LATENT_CLIP, VAE_LATENT_CLIP)
 
-    def decode_sampled(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.decode(obs, self.sample_latent(obs.shape[0], obs))
+    def decode_sampled(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode a latent drawn by `sample_latent` (drawn here unless given)."""
+        return self.decode(obs, self.sample_latent(obs.shape[0], obs) if z is None else z)
 
-    def fused_decode_sampled_bf16(self, obs: torch.Tensor) -> torch.Tensor:
+    def fused_decode_sampled_bf16(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """`decode_sampled` in bfloat16 with fused activations (no autograd; same latent draw)."""
-        z = self.sample_latent(obs.shape[0], obs)
+        z = self.sample_latent(obs.shape[0], obs) if z is None else z
         return fused_mlp_bf16(self.decoder, torch.cat([obs, z], dim=-1))
 
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reconstruction, latent mean and latent std for a batch of (s, a)."""
+    def forward(self, obs: torch.Tensor, act: torch.Tensor,
+                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction, latent mean and latent std for a batch of (s, a); `eps` is the standard
+        normal draw of the reparameterised latent (drawn here unless given)."""
         mean, std = self.encode(obs, act)
-        z = mean + std * torch.randn_like(std)
+        z = mean + std * (torch.randn_like(std) if eps is None else eps)
         return self.decode(obs, z), mean, std
 
 
@@ -263,9 +275,11 @@ def latent_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1.0 + 2.0 * torch.log(std) - mean.pow(2) - std.pow(2)).mean(dim=-1)
 
 
-def vae_loss(vae: ConditionalVAE, obs: torch.Tensor, act: torch.Tensor, beta: float) -> torch.Tensor:
-    """Reconstruction MSE + beta * KL (both averaged over the batch), as in BCQ/OSRL."""
-    recon, mean, std = vae(obs, act)
+def vae_loss(vae: nn.Module, obs: torch.Tensor, act: torch.Tensor, beta: float,
+             eps: torch.Tensor | None = None) -> torch.Tensor:
+    """Reconstruction MSE + beta * KL (both averaged over the batch), as in BCQ/OSRL. `vae` is a
+    `ConditionalVAE` (or a functional view of one, see `algos.stacked.bind`)."""
+    recon, mean, std = vae(obs, act, eps)
     recon_loss = (recon.float() - act).pow(2).mean()
     return recon_loss + beta * latent_kl(mean.float(), std.float()).mean()
 

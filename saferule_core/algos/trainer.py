@@ -110,7 +110,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
                          np_state["has_gauss"], np_state["cached"]))
 
 
-def _mean_metrics(window: list[Metrics]) -> dict[str, float]:
+def mean_metrics(window: list[Metrics]) -> dict[str, float]:
     keys = window[0].keys()
     stacked = torch.stack([torch.stack([m[k].float() for k in keys]) for m in window]).mean(dim=0)
     return dict(zip(keys, stacked.tolist()))
@@ -158,7 +158,7 @@ def train(learner: Learner, dataset: OfflineDataset, out_dir: Path, config: Trai
         for step in range(start + 1, config.steps + 1):
             window.append(learner.update(sampler.sample()))
             if step % config.log_every == 0 or step == config.steps:
-                last = _mean_metrics(window)
+                last = mean_metrics(window)
                 window.clear()
                 log.write(json.dumps({"step": step, "seconds": round(time.perf_counter() - began, 3), **last}) + "\n")
                 log.flush()

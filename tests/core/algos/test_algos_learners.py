@@ -117,8 +117,10 @@ def test_bcq_lag_reward_and_cost_targets_share_the_sampled_next_actions(random_d
             layer.weight[2:] = layer.weight[:2]
             layer.bias[2:] = layer.bias[:2]
     batch = BatchSampler(ds, learner.info.stats, 64).sample()
-    targets, behaviour = learner._critic_targets_impl(batch.observations, batch.next_observations, batch.rewards,
-                                                       batch.rewards, batch.terminals)
+    p = learner.own_state().params
+    targets, behaviour = learner._critic_targets_impl(p["vae"], p["actor_target"], p["critics_target"],
+                                                       batch.observations, batch.next_observations, batch.rewards,
+                                                       batch.rewards, batch.terminals, learner.draw_noise(64)["latents"])
     assert targets.shape == (4, 64) and behaviour.shape == (64, ds.act_dim)
     torch.testing.assert_close(targets[0], targets[2])
     torch.testing.assert_close(targets[0], targets[1])

@@ -93,7 +93,7 @@ def test_rebasing_keeps_every_network_the_same_function_of_the_raw_observation(
 
 def test_views_of_the_critic_weights_follow_the_rewrite(trained: dict[str, Learner]) -> None:
     learner = clone_learner(trained["bcq_lag"])
-    critic_views = learner._frozen_critic_params        # the actor step reads these views of the critic weights
+    critic_views = learner.own_state().params["critics"]   # what every update step reads
     rebase_observation_stats(learner, far_stats(learner.info.stats))
     for name, param in learner.critics.named_parameters():
         assert torch.equal(critic_views[name], param)   # rewritten in place, so the views follow

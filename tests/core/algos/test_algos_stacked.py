@@ -1,0 +1,91 @@
+"""K models trained as one stack are the same learners as K single runs (up to summation order)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from saferule_core.algos.batch import BatchSampler
+from saferule_core.algos.checkpoint import load_learner
+from saferule_core.algos.registry import ConfigError
+from saferule_core.algos.stacked import StackTrainConfig, build_stack, fit_seeds, seed_dirs, train_stack
+from saferule_core.algos.trainer import TrainConfig, fit
+
+SEEDS = (3, 0, 7)
+
+
+def _quiet(steps: int, **kwargs: int) -> dict[str, object]:
+    return {"steps": steps, "batch_size": 32, "num_threads": 1, "log_every": 1, "checkpoint_every": 0,
+            "progress": False, **kwargs}
+
+
+def _metric_lines(directory: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("algo", ["bcq_lag", "bc_safe"])
+def test_model_k_of_a_stack_follows_the_single_run_with_seed_k(random_dataset, tiny, tmp_path, algo) -> None:  # type: ignore[no-untyped-def]
+    dataset = random_dataset(episodes=12)
+    steps = 200
+    # bcq_lag: a cost limit below the critics' values, so that each model's PID multiplier is live
+    live = {"cost_limit": 0.0, "cost_scale": 10.0} if algo == "bcq_lag" else {"cost_limit": 2.0}
+    overrides = {**tiny[algo], **live}
+    fit_seeds(algo, dataset, SEEDS, seed_dirs(tmp_path / "stack", SEEDS), StackTrainConfig(**_quiet(steps)),
+                         overrides)
+    for seed in SEEDS:
+        single, _ = fit(algo, dataset, tmp_path / f"single_{seed}", TrainConfig(seed=seed, **_quiet(steps)), overrides)
+        stacked_lines = _metric_lines(tmp_path / "stack" / f"seed_{seed}")
+        single_lines = _metric_lines(tmp_path / f"single_{seed}")
+        assert len(stacked_lines) == len(single_lines) == steps
+        if algo == "bcq_lag":
+            assert max(line["lagrange_multiplier"] for line in single_lines) > 0.01
+        for mine, theirs in zip(stacked_lines, single_lines):         # update by update
+            for key in theirs:
+                if key not in ("step", "seconds"):
+                    assert mine[key] == pytest.approx(theirs[key], rel=2e-3, abs=2e-4), (seed, mine["step"], key)
+        reloaded = load_learner(tmp_path / "stack" / f"seed_{seed}")
+        assert reloaded.num_updates == single.num_updates == steps
+        for (name, mine_p), theirs_p in zip(reloaded.state_dict()["networks"].items(),
+                                            single.state_dict()["networks"].values()):
+            for tensor_name in theirs_p:
+                torch.testing.assert_close(mine_p[tensor_name], theirs_p[tensor_name], rtol=1e-3, atol=1e-4,
+                                           msg=f"seed {seed}: {name}.{tensor_name}")
+
+
+def test_models_of_a_stack_differ_and_the_stack_writes_ordinary_checkpoints(random_dataset, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    dataset = random_dataset()
+    dirs = seed_dirs(tmp_path, (0, 1))
+    fit_seeds("bcq_lag", dataset, (0, 1), dirs, StackTrainConfig(**_quiet(5)), tiny["bcq_lag"])
+    first, second = (load_learner(d, dataset) for d in dirs)
+    assert not torch.equal(first.actor.net[0].weight, second.actor.net[0].weight)
+    config = json.loads((dirs[1] / "config.json").read_text())
+    assert config["train"]["seed"] == 1 and config["num_updates"] == 5
+    metrics = first.update(BatchSampler(dataset, first.info.stats, 16).sample())   # trains on as a single learner
+    assert all(torch.isfinite(value) for value in metrics.values())
+
+
+def test_each_model_of_a_stack_trains_on_its_own_dataset(random_dataset, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    shards = [random_dataset(seed=1), random_dataset(seed=2, episodes=4)]
+    stack = build_stack("bc_safe", shards, (0, 1), {**tiny["bc_safe"], "cost_limit": 5.0}, batch_size=16)
+    train_stack(stack, shards, (0, 1), seed_dirs(tmp_path, (0, 1)), StackTrainConfig(**_quiet(3)))
+    hashes = [load_learner(d).info.dataset_hash for d in seed_dirs(tmp_path, (0, 1))]
+    assert hashes == [shard.dataset_hash() for shard in shards]
+
+
+def test_bad_stacks_are_refused_before_training(random_dataset, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    dataset = random_dataset()
+    with pytest.raises(ConfigError, match="repeats 1"):
+        build_stack("bcq_lag", [dataset] * 3, (1, 2, 1), tiny["bcq_lag"])
+    with pytest.raises(ConfigError, match="cpq cannot train several models"):
+        build_stack("cpq", [dataset] * 2, (0, 1), tiny["cpq"])
+    with pytest.raises(ConfigError, match=r"need about .* GiB .* at most \d+ fit"):
+        build_stack("bcq_lag", [dataset] * 4, (0, 1, 2, 3), tiny["bcq_lag"], memory_limit_bytes=(1 << 30) + 1000)
+    taken = seed_dirs(tmp_path, (0,))
+    fit_seeds("bc_safe", dataset, (0,), taken, StackTrainConfig(**_quiet(1)), {**tiny["bc_safe"], "cost_limit": 5.0})
+    before = (taken[0] / "model.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a trained model"):
+        fit_seeds("bc_safe", dataset, (0,), taken, StackTrainConfig(**_quiet(1)), {**tiny["bc_safe"], "cost_limit": 5.0})
+    assert (taken[0] / "model.pt").read_bytes() == before
