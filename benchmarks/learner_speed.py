@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import platform
 import statistics
 import subprocess
@@ -52,7 +53,8 @@ sys.path.insert(0, str(ROOT))
 from saferule_core.algos.base import frozen_copy  # noqa: E402
 from saferule_core.algos.batch import BatchSampler, NormalizationStats  # noqa: E402
 from saferule_core.algos.bcq_lag import BCQLag, BCQLagConfig  # noqa: E402
-from saferule_core.algos.networks import mlp  # noqa: E402
+from saferule_core.algos.networks import mlp, native_bf16_available  # noqa: E402
+from saferule_core.algos.stacked import build_stack  # noqa: E402
 from saferule_core.algos.registry import make_config  # noqa: E402
 from saferule_core.algos.trainer import seed_everything, tune_cpu_allocator  # noqa: E402
 from saferule_core.data.dataset import TRANSITION_KEYS, EpisodeInfo, OfflineDataset  # noqa: E402
@@ -60,6 +62,7 @@ from saferule_core.io_utils import atomic_write_json  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "learner_speed.json"
+STACK_PREFIX = "stack K="
 OSRL_PYTHON = ROOT / ".venv-osrl" / "bin" / "python"
 OSRL_WORKER = ROOT / "benchmarks" / "osrl" / "osrl_bcql_worker.py"
 
@@ -105,14 +108,24 @@ class BenchBCQLag(BCQLag):
             self.critics = SeparateCritics(info.obs_dim, info.act_dim, config.critic_hidden, 4).to(self.device)
             self.critics_target = frozen_copy(self.critics)
             self.critic_optim = type(self.critic_optim)(self.critics.parameters(), **self.critic_optim.defaults)
-            self._frozen_critic_params = {n: p.detach() for n, p in self.critics.named_parameters()}
 
-    def _critic_targets_impl(self, obs, next_obs, rewards, costs, terminals):  # type: ignore[no-untyped-def]
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        noise = super().draw_noise(batch_size, generator)
+        if not self.shared:       # a second draw of the sampled next actions, for the cost targets
+            noise["latents"] = torch.cat([noise["latents"], super().draw_noise(batch_size, generator)["latents"]])
+        return noise
+
+    def _critic_targets_impl(self, vae, actor_target, critics_target, obs, next_obs, rewards, costs,  # type: ignore[no-untyped-def]
+                             terminals, latents):
         if self.shared:
-            return super()._critic_targets_impl(obs, next_obs, rewards, costs, terminals)
+            return super()._critic_targets_impl(vae, actor_target, critics_target, obs, next_obs, rewards, costs,
+                                                terminals, latents)
         # Reward and cost targets each from their own sampled next actions (OSRL's way).
-        reward_targets, behaviour = super()._critic_targets_impl(obs, next_obs, rewards, costs, terminals)
-        cost_targets, _ = super()._critic_targets_impl(obs, next_obs, rewards, costs, terminals)
+        first, second = latents.chunk(2)
+        reward_targets, behaviour = super()._critic_targets_impl(vae, actor_target, critics_target, obs, next_obs,
+                                                                 rewards, costs, terminals, first)
+        cost_targets, _ = super()._critic_targets_impl(vae, actor_target, critics_target, obs, next_obs, rewards,
+                                                       costs, terminals, second)
         return torch.cat([reward_targets[:2], cost_targets[2:]]), behaviour
 
 
@@ -158,6 +171,35 @@ def measure_ours(task: str, levers: dict[str, Any], steps: int, warmup: int, thr
     # CPU time (all threads) is less disturbed than wall time when other work shares the cores.
     return {"ms_per_update": 1000 * seconds / steps, "cpu_ms_per_update": 1000 * cpu_seconds / steps,
             "warmup_s": warmup_s, "finite": finite}
+
+
+def best_precision() -> str:
+    """bf16 where the CPU has it natively; emulated bf16 is hundreds of times slower than fp32."""
+    return "bf16" if native_bf16_available() else "fp32"
+
+
+def measure_stack(task: str, models: int, steps: int, warmup: int, threads: int, episodes: int) -> dict[str, Any]:
+    """K BCQ-Lag models (seeds 0..K-1) trained as one stack: wall ms per stacked update, per model,
+    and the process's peak RSS."""
+    torch.set_num_threads(threads)
+    tune_cpu_allocator()
+    dataset = synthetic_dataset(task, episodes)
+    seeds = tuple(range(models))
+    stack = build_stack("bcq_lag", [dataset] * models, seeds, {"precision": best_precision(), "optimizer": "fused"})
+    samplers = [BatchSampler(dataset, learner.info.stats, 512, seed=seed) for learner, seed in zip(stack.learners, seeds)]
+    began = time.perf_counter()
+    for _ in range(warmup):
+        stack.update([s.sample() for s in samplers])
+    warmup_s = time.perf_counter() - began
+    began, cpu_began = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        metrics = stack.update([s.sample() for s in samplers])
+    seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began
+    finite = all(bool(torch.isfinite(v).all()) for v in metrics.values())
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"ms_per_update": 1000 * seconds / steps / models, "ms_per_stacked_update": 1000 * seconds / steps,
+            "cpu_ms_per_update": 1000 * cpu_seconds / steps / models, "warmup_s": warmup_s, "finite": finite,
+            "models": models, "peak_rss_bytes": peak_rss, "precision": best_precision()}
 
 
 def measure_osrl(task: str, steps: int, warmup: int, threads: int, episodes: int) -> dict[str, Any] | None:
@@ -210,6 +252,13 @@ def run_worker(args: argparse.Namespace, variant: str, task: str) -> dict[str, A
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def git_commit() -> str:
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return out.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor()
     try:
@@ -232,6 +281,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200, help="synthetic dataset size in episodes")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile variants (minutes to build)")
     parser.add_argument("--no-osrl", action="store_true", help="skip OSRL's own implementation")
+    parser.add_argument("--models", type=int, nargs="+", default=[1, 2, 5, 10],
+                        help="K of the stacked rows (K models trained as one; default 1 2 5 10)")
+    parser.add_argument("--stacks-only", action="store_true", help="OSRL and the stacked rows only (no lever ladder)")
+    parser.add_argument("--ladder-only", action="store_true", help="no stacked rows")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -241,16 +294,31 @@ def main() -> None:
     if args.worker is not None:      # one measurement, printed as one JSON line
         if args.worker == "osrl":
             result = measure_osrl(tasks[0], args.steps, args.warmup, args.threads, args.episodes)
+        elif args.worker.startswith(STACK_PREFIX):
+            result = measure_stack(tasks[0], int(args.worker[len(STACK_PREFIX):]), args.steps, args.warmup,
+                                   args.threads, args.episodes)
         else:
             result = measure_ours(tasks[0], {**LADDER, **COMPILE_LADDER}[args.worker], args.steps, args.warmup,
                                   args.threads, args.episodes)
         print(json.dumps(result))
         return
 
-    variants = (["osrl"] if not args.no_osrl and OSRL_PYTHON.exists() else []) + list(ladder)
+    if not native_bf16_available():
+        skipped = [name for name, levers in ladder.items() if levers["precision"] == "bf16"]
+        print(f"this CPU has no native bfloat16: skipping {', '.join(skipped)} (emulated bf16 runs at ~1 GFLOP/s)",
+              file=sys.stderr)
+        ladder = {name: levers for name, levers in ladder.items() if levers["precision"] != "bf16"}
+    if args.ladder_only:
+        stacks: list[str] = []
+    else:
+        stacks = [f"{STACK_PREFIX}{k}" for k in args.models]
+    if args.stacks_only:
+        ladder = {}
+    variants = (["osrl"] if not args.no_osrl and OSRL_PYTHON.exists() else []) + list(ladder) + stacks
     samples: dict[tuple[str, str], list[float]] = {(v, t): [] for v in variants for t in tasks}
     cpu_samples: dict[tuple[str, str], list[float]] = {(v, t): [] for v in variants for t in tasks}
     warmups: dict[tuple[str, str], float] = {}
+    extras: dict[tuple[str, str], dict[str, Any]] = {}
     for round_index in range(args.rounds):
         for task in tasks:
             for variant in variants:
@@ -261,6 +329,10 @@ def main() -> None:
                 if "cpu_ms_per_update" in result:
                     cpu_samples[(variant, task)].append(result["cpu_ms_per_update"])
                 warmups[(variant, task)] = result.get("warmup_s", float("nan"))
+                if "models" in result:
+                    previous = extras.get((variant, task), {}).get("peak_rss_bytes", 0)
+                    extras[(variant, task)] = {"models": result["models"], "precision": result["precision"],
+                                               "peak_rss_bytes": max(previous, result["peak_rss_bytes"])}
                 print(f"round {round_index + 1}/{args.rounds}  {task:<10} {variant:<20} "
                       f"{result['ms_per_update']:8.1f} ms/update", file=sys.stderr, flush=True)
 
@@ -277,21 +349,25 @@ def main() -> None:
             rows.append({"task": task, "variant": variant, "levers": ladder.get(variant, {}),
                          "ms_median": median, "ms_min": min(values), "ms_rounds": values,
                          "cpu_ms_median": statistics.median(cpu) if cpu else None,
-                         "speedup_vs_baseline": base_ms / median, "warmup_s": warmups.get((variant, task))})
+                         "speedup_vs_baseline": base_ms / median, "warmup_s": warmups.get((variant, task)),
+                         **extras.get((variant, task), {})})
     sampler = {task: measure_sampler(task, args.episodes) for task in tasks}
 
     print(f"\nBCQ-Lag update, batch 512, {args.threads} threads, median of {args.rounds} rounds x {args.steps} steps "
           f"(baseline: {'OSRL' if 'osrl' in variants else 'separate+unshared'})")
-    print(f"{'task':<10} {'variant':<22} {'ms/update':>10} {'min':>8} {'speedup':>8} {'cpu ms':>8}")
+    print("(stacked rows: ms per model = wall ms of one stacked update / K)")
+    print(f"{'task':<10} {'variant':<22} {'ms/update':>10} {'min':>8} {'speedup':>8} {'cpu ms':>8} {'peak RSS':>9}")
     for row in rows:
         cpu_ms = f"{row['cpu_ms_median']:8.1f}" if row["cpu_ms_median"] is not None else f"{'-':>8}"
+        rss = f"{row['peak_rss_bytes'] / 2**20:7.0f}MB" if "peak_rss_bytes" in row else f"{'-':>9}"
         print(f"{row['task']:<10} {row['variant']:<22} {row['ms_median']:10.1f} {row['ms_min']:8.1f} "
-              f"{row['speedup_vs_baseline']:7.2f}x {cpu_ms}")
+              f"{row['speedup_vs_baseline']:7.2f}x {cpu_ms} {rss}")
     for task, times in sampler.items():
         print(f"sampler {task}: vectorised {times['vectorised_us']:.1f} us/batch, "
               f"per-sample Python {times['per_sample_python_us']:.0f} us/batch")
 
-    payload = {"machine": machine(), "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
+    payload = {"machine": machine(), "git_commit": git_commit(), "command": " ".join(sys.argv),
+               "host": platform.node(), "native_bf16": native_bf16_available(), "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
                "rounds": args.rounds, "episodes": args.episodes, "baseline": "osrl" if "osrl" in variants else
                "separate+unshared", "results": rows, "sampler": sampler,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

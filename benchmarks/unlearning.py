@@ -57,6 +57,7 @@ from saferule_core.collect import collect_episodes  # noqa: E402
 from saferule_core.data.dataset import OfflineDataset  # noqa: E402
 from saferule_core.data.store import DatasetStore  # noqa: E402
 from saferule_core.eval import evaluate_policy, forget_quality  # noqa: E402
+from saferule_core.algos.networks import native_bf16_available  # noqa: E402
 from saferule_core.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
 from saferule_core.unlearning.api import METHODS, unlearn  # noqa: E402
@@ -88,7 +89,7 @@ class Profile:
     unlearn_steps: int                    # budget of the approximate methods (equal compute)
     eval_episodes: int
     episodes: dict[str, int]              # dataset size per task
-    precision: str = "bf16"
+    precision: str = field(default_factory=lambda: "bf16" if native_bf16_available() else "fp32")
     algo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)   # per algorithm
     sisa_shards: int = 4
     seeds: tuple[int, ...] = (0,)
@@ -239,7 +240,7 @@ class Bench:
 
     def sisa_model(self, label: str, data: OfflineDataset, seed: int) -> tuple[SISAEnsemble, str]:
         p = self.s.profile
-        per_shard = max(1, p.train_steps // p.sisa_shards)
+        per_shard = p.train_steps          # each shard as long as one model's training (shards train as one stack)
         directory = self.work / "models" / f"{label}-sisa-{key_of([data.dataset_hash(), self.algo_overrides(), seed, p.sisa_shards, per_shard, p.batch_size])}"
         if is_done(directory):
             model = load_model(directory)

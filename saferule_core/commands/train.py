@@ -24,24 +24,35 @@ Algorithms:
 `num_threads`, `log_every`, `checkpoint_every`). Command-line flags win over the file.
 A run that was stopped continues from its last checkpoint with --resume.
 
+--seeds trains several seeds of one configuration as ONE stacked model (every parameter with a
+leading model axis: one batched matmul per layer for all seeds, one optimizer step), writing an
+ordinary model directory per seed, --out/seed_<N>, that eval, export and unlearn load unchanged.
+Model N is the same learner as a --seed N run (up to float summation order). Algorithms that
+stack: {stackable}. Stacked runs do not resume.
+
 example:
   saferule train data/ballrun --algo bcq_lag --steps 100000 --out runs/ballrun-bcql --seed 0
   saferule train data/ballrun --algo bc_safe --steps 20000 --out runs/ballrun-bcs --cost-limit 20
+  saferule train data/ballrun --algo bcq_lag --steps 20000 --out runs/bcql-5 --seeds 0 1 2 3 4
 """
 
 TRAIN_KEYS = ("batch_size", "num_threads", "log_every", "checkpoint_every")
+STACKABLE = ("bc_all", "bc_safe", "bcq_lag")   # kept torch-free for --help; test_commands_train checks it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     algos = "\n".join(f"  {name:<8} {spec.summary}" for name, spec in ALGORITHMS.items())
     parser = subparsers.add_parser(
         "train", help="train an offline safe RL policy on a dataset",
-        description=DESCRIPTION.format(algos=algos), formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=DESCRIPTION.format(algos=algos, stackable=", ".join(STACKABLE)), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="dataset directory (saferule dataset store)")
     parser.add_argument("--algo", required=True, choices=sorted(ALGORITHMS), help="learning algorithm")
     parser.add_argument("--out", required=True, type=Path, help="model directory to create")
     parser.add_argument("--steps", type=int, default=100_000, help="gradient updates (default 100000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    seeds.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                       help="train these seeds as one stacked model into --out/seed_<N> (see above)")
     parser.add_argument("--cost-limit", type=float, default=None, help="episode cost budget (default 10)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="bf16: bfloat16 autocast for the matmuls, fp32 weights (default fp32)")
@@ -93,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     for key, value in train_overrides.items():
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"train setting {key} must be an integer, got {value!r}")
+    if args.seeds is not None:
+        return _run_seeds(args, overrides, train_overrides)
     train_config = TrainConfig(steps=args.steps, seed=args.seed, progress=not args.quiet, **train_overrides)
 
     dataset = DatasetStore.open(args.dataset).load()
@@ -101,4 +114,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {args.algo} for {result.steps} steps in {result.seconds:.1f} s -> {result.out_dir}")
     if summary:
         print(f"last metrics: {summary}")
+    return 0
+
+
+def _run_seeds(args: argparse.Namespace, overrides: dict[str, Any], train_overrides: dict[str, Any]) -> int:
+    from saferule_core.algos.stacked import StackTrainConfig, check_seeds, fit_seeds, seed_dirs
+    from saferule_core.data.store import DatasetStore
+
+    check_seeds(args.seeds)                     # before the dataset is read
+    if args.resume:
+        raise ConfigError("--resume continues one run; stacked --seeds runs do not resume")
+    if args.algo not in STACKABLE:
+        raise ConfigError(f"{args.algo} cannot train several seeds as one stack; run one --seed at a time "
+                          f"(stackable: {', '.join(STACKABLE)})")
+    config = StackTrainConfig(steps=args.steps, progress=not args.quiet, **train_overrides)
+    dataset = DatasetStore.open(args.dataset).load()
+    out_dirs = seed_dirs(args.out, args.seeds)
+    _, result = fit_seeds(args.algo, dataset, args.seeds, out_dirs, config, overrides)
+    print(f"trained {len(args.seeds)} x {args.algo} (seeds {' '.join(map(str, args.seeds))}) for {result.steps} "
+          f"steps in {result.seconds:.1f} s -> {args.out}/seed_<N>")
+    for seed, metrics in zip(args.seeds, result.metrics):
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        print(f"  seed {seed}: {summary}")
     return 0

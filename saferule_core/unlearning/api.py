@@ -155,11 +155,14 @@ def unlearn(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, 
 def _run_sisa(session: Session, ensemble: SISAEnsemble) -> tuple[SISAEnsemble, int]:
     forget_ids = set(session.split.forget.episode_ids())
 
-    def on_step(done: int, affected: int, step: int) -> None:
-        session.updates += 1
-        record_steps = session.config.sisa.steps_per_shard or ensemble.records[0].steps
+    record_steps = session.config.sisa.steps_per_shard or ensemble.records[0].steps
+    updates_before = session.updates
+
+    def on_step(shard: int, affected: int, step: int) -> None:
+        session.updates += 1           # one shard's update (a stacked refit advances every shard at once)
         if step % session.config.log_every == 0:
-            session.report_progress("sisa", (done + step / max(record_steps, 1)) / max(affected, 1))
+            done = session.updates - updates_before
+            session.report_progress("sisa", min(1.0, done / max(affected * record_steps, 1)))
         session.check_stop("sisa")
 
     return unlearn_sisa(ensemble, session.split.retained, forget_ids, session.config.sisa.steps_per_shard,

@@ -1,7 +1,9 @@
 """SISA (Sharded, Isolated, Sliced, Aggregated; Bourtoule et al. 2021), by episode.
 
 `train_sisa` splits a dataset's episodes at random into K shards and fits one model per shard
-(each with its own normalisation statistics). The ensemble's policy is the mean of the shard
+(each with its own normalisation statistics, each for the full number of updates a single model
+gets). Shards of a stackable learner train as ONE stacked run (`algos.stacked`): shard k is the
+same model a separate fit would give, at a fraction of the wall time. The ensemble's policy is the mean of the shard
 policies' actions. Forgetting retrains, from scratch, only the shards that held a forget episode:
 exact unlearning at the cost of those shards. An ensemble is a `Learner`, so it goes through
 `unlearn`, the job and the export like any model; it is saved as a directory of shard models plus
@@ -25,6 +27,8 @@ from torch import nn
 from saferule_core.algos.base import Learner, LearnerConfig, Metrics, ModelInfo
 from saferule_core.algos.batch import Batch, NormalizationStats
 from saferule_core.algos.checkpoint import load_learner, save_model
+from saferule_core.algos.registry import get_algo
+from saferule_core.algos.stacked import StackTrainConfig, build_stack, train_stack
 from saferule_core.algos.trainer import TrainConfig, fit
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import ModelError, UnlearningError
@@ -123,9 +127,35 @@ def _episode_subset(dataset: OfflineDataset, episode_ids: Sequence[str]) -> Offl
     return dataset.subset_episodes(wanted)
 
 
+def fit_shards(algo: str, datasets: Sequence[OfflineDataset], records: Sequence[ShardRecord],
+               overrides: dict[str, Any], num_threads: int,
+               callback: Callable[[int, int], None] | None = None) -> list[Learner]:
+    """One model per shard, fitted from scratch (seeded: the same record and data give the same
+    weights). Stackable learners with equal step counts and batch sizes train as one stack;
+    `callback(shard, step)` after every update of a shard (every shard's, for a stack)."""
+    shape = {(record.steps, record.batch_size) for record in records}
+    if get_algo(algo).learner_class.stackable and len(shape) == 1 and len(records) > 1:
+        steps, batch_size = shape.pop()
+        seeds = [record.seed for record in records]
+        config = StackTrainConfig(steps=steps, batch_size=batch_size, num_threads=num_threads,
+                                  log_every=max(1, min(100, steps)), checkpoint_every=0, progress=False)
+        stack_callback = None if callback is None else (
+            lambda step, _stack: [callback(k, step) for k in range(len(records))])
+        stack = build_stack(algo, datasets, seeds, overrides, batch_size)
+        with tempfile.TemporaryDirectory(prefix="saferule-sisa-") as tmp:
+            train_stack(stack, datasets, seeds, [Path(tmp) / shard_dir_name(k) for k in range(len(records))], config,
+                        stack_callback)
+        return stack.learners
+    learners = []
+    for k, (data, record) in enumerate(zip(datasets, records)):
+        step_callback = None if callback is None else (lambda step, _l, k=k: callback(k, step))
+        learners.append(fit_shard(algo, data, record, overrides, num_threads, step_callback))
+    return learners
+
+
 def fit_shard(algo: str, data: OfflineDataset, record: ShardRecord, overrides: dict[str, Any], num_threads: int,
               callback: StepCallback | None = None) -> Learner:
-    """One shard model fitted from scratch (seeded: the same record and data give the same weights)."""
+    """One shard model fitted from scratch on its own."""
     config = TrainConfig(steps=record.steps, batch_size=record.batch_size, seed=record.seed, num_threads=num_threads,
                          log_every=max(1, min(100, record.steps)), checkpoint_every=0, progress=False)
     with tempfile.TemporaryDirectory(prefix="saferule-sisa-") as tmp:
@@ -140,14 +170,9 @@ def train_sisa(algo: str, dataset: OfflineDataset, shards: int, steps_per_shard:
 
     `callback(shard_index, step)` is called after every update (for progress or cancellation)."""
     assignment = shard_assignment(dataset.episode_ids(), shards, seed)
-    learners: list[Learner] = []
-    records: list[ShardRecord] = []
-    for k, ids in enumerate(assignment):
-        record = ShardRecord(ids, seed * 1000 + k, steps_per_shard, batch_size)
-        step_callback = None if callback is None else (lambda step, _l, k=k: callback(k, step))
-        learners.append(fit_shard(algo, _episode_subset(dataset, ids), record, dict(overrides or {}), num_threads,
-                                  step_callback))
-        records.append(record)
+    records = [ShardRecord(ids, seed * 1000 + k, steps_per_shard, batch_size) for k, ids in enumerate(assignment)]
+    learners = fit_shards(algo, [_episode_subset(dataset, ids) for ids in assignment], records, dict(overrides or {}),
+                          num_threads, callback)
     return SISAEnsemble(learners, records, dataset.task, dataset.dataset_hash())
 
 
@@ -156,21 +181,26 @@ def unlearn_sisa(ensemble: SISAEnsemble, retained: OfflineDataset, forget_ids: s
     """A new ensemble whose shards that held forget episodes are refitted from scratch on their
     remaining episodes (a shard left empty is dropped). Returns it and the number of shards refitted.
 
-    `callback(done, affected, step)` after every update of a refit."""
+    The refits train as one stack where the learner allows it. `callback(shard, affected, step)`
+    after every update of every refitted shard (`shard` indexes the refits)."""
     affected = [k for k, record in enumerate(ensemble.records) if forget_ids.intersection(record.episode_ids)]
     shards, records = list(ensemble.shards), list(ensemble.records)
     present = set(retained.episode_ids())
     dropped: list[int] = []
-    for done, k in enumerate(affected):
+    refits: dict[int, ShardRecord] = {}
+    for k in affected:
         kept = tuple(eid for eid in records[k].episode_ids if eid not in forget_ids and eid in present)
-        if not kept:
+        if kept:
+            refits[k] = replace(records[k], episode_ids=kept, steps=steps_per_shard or records[k].steps)
+        else:
             dropped.append(k)
-            continue
-        record = replace(records[k], episode_ids=kept, steps=steps_per_shard or records[k].steps)
-        step_callback = None if callback is None else (lambda step, _l, done=done: callback(done, len(affected), step))
-        shards[k] = fit_shard(ensemble.base_algo, _episode_subset(retained, kept), record,
-                              shards[k].config_dict(), num_threads, step_callback)
-        records[k] = record
+    if refits:
+        order = list(refits)
+        step_callback = None if callback is None else (lambda index, step: callback(index, len(affected), step))
+        refitted = fit_shards(ensemble.base_algo, [_episode_subset(retained, refits[k].episode_ids) for k in order],
+                              [refits[k] for k in order], shards[order[0]].config_dict(), num_threads, step_callback)
+        for k, learner in zip(order, refitted):
+            shards[k], records[k] = learner, refits[k]
     keep = [k for k in range(len(shards)) if k not in dropped]
     if not keep:
         raise UnlearningError("every SISA shard held only forget episodes; nothing is left to form a policy")

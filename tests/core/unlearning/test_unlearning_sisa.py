@@ -78,3 +78,32 @@ def test_save_and_load_round_trip(ensemble: SISAEnsemble, dataset: OfflineDatase
     obs = torch.from_numpy(dataset.observations[:5])
     with torch.no_grad():
         assert torch.equal(loaded.deployable_policy()(obs), ensemble.deployable_policy()(obs))
+
+
+def test_stacked_shards_are_the_models_separate_fits_give(ensemble: SISAEnsemble, dataset: OfflineDataset) -> None:
+    # bc_all stacks: train_sisa fitted the four shards as one stacked run; each shard must be the
+    # model a separate fit of its record gives (up to float summation order)
+    for shard, record in zip(ensemble.shards, ensemble.records):
+        wanted = np.isin(np.array(dataset.episode_ids(), dtype=object), np.array(record.episode_ids, dtype=object))
+        alone = sisa_module.fit_shard("bc_all", dataset.subset_episodes(wanted), record, dict(TINY["bc_all"]), 1)
+        assert shard.info.stats == alone.info.stats and shard.num_updates == alone.num_updates == record.steps
+        for name, param in alone.actor.named_parameters():
+            torch.testing.assert_close(dict(shard.actor.named_parameters())[name], param, rtol=1e-4, atol=1e-5)
+
+
+def test_forgetting_from_several_shards_refits_them_as_one_stack(ensemble: SISAEnsemble, dataset: OfflineDataset,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    targets = {ensemble.records[0].episode_ids[0], ensemble.records[3].episode_ids[0]}
+    mask = np.array([eid in targets for eid in dataset.episode_ids()])
+    stacks: list[int] = []
+    original = sisa_module.build_stack
+
+    def counting_build_stack(*args: object, **kwargs: object) -> object:
+        stacks.append(len(args[1]))  # type: ignore[arg-type]
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sisa_module, "build_stack", counting_build_stack)
+    new, report = unlearn(ensemble, dataset, mask, "sisa", small_config())
+    assert stacks == [2] and report.details == {"shards_retrained": 2.0, "shards": 4.0}
+    assert report.updates == 20
+    assert all(not targets.intersection(r.episode_ids) for r in new.records)
