@@ -32,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", default=None, help="task to run in (default: the task the model was trained on)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=None, metavar="K",
                         help="episode cost thresholds (default: the task's, 10 20 40 for Bullet tasks)")
+    parser.add_argument("--random-start-steps", type=int, default=None, metavar="N",
+                        help="drive the first N steps of every episode with seeded uniform random actions, the same "
+                             "for every model evaluated with this --seed (default: the task's; 10 on the Run tasks, "
+                             "whose resets barely vary, 0 elsewhere)")
     parser.add_argument("--envs", type=int, default=10, help="episodes simulated in lockstep (default 10)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the result as JSON here")
     parser.set_defaults(handler=_eval)
@@ -46,7 +50,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ModelError(f"the model in {args.model_dir} does not name its task; pass --task")
     spec = get_task(task_name)
     result = evaluate_policy(policy_fn, spec, episodes=args.episodes, seed=args.seed,
-                             thresholds=args.thresholds, num_envs=args.envs, progress=True)
+                             thresholds=args.thresholds, num_envs=args.envs, progress=True,
+                             random_start_steps=args.random_start_steps)
     print(result.format_table())
     if args.json is not None:
         atomic_write_json(args.json, {"model_dir": str(args.model_dir), **result.to_dict()})

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from saferule_core.collect.rollout import run_episodes
+from saferule_core.collect.rollout import PolicyFactory, run_episodes
 from saferule_core.tasks.spec import PolicyFn
 from saferule_core.errors import EvaluationError, ModelError
 from saferule_core.tasks.spec import TaskSpec, get_task
@@ -31,6 +31,7 @@ class EvalResult:
     thresholds: tuple[float, ...]
     reward_min: float
     reward_max: float
+    random_start_steps: int = 0          # the start-state perturbation (see with_random_start)
 
     @property
     def episodes(self) -> int:
@@ -76,6 +77,7 @@ class EvalResult:
         return {
             "task": self.task,
             "seed": self.seed,
+            "random_start_steps": self.random_start_steps,
             "episodes": self.episodes,
             "mean_return": self.mean_return,
             "std_return": self.std_return,
@@ -94,7 +96,8 @@ class EvalResult:
     def format_table(self) -> str:
         rows = [
             ("task", self.task),
-            ("episodes", f"{self.episodes} (seed {self.seed}, mean length {self.mean_length:.0f})"),
+            ("episodes", f"{self.episodes} (seed {self.seed}, mean length {self.mean_length:.0f}, first "
+                         f"{self.random_start_steps} steps random)"),
             ("return", f"{self.mean_return:.2f} +/- {self.std_return:.2f}"),
             ("cost", f"{self.mean_cost:.2f} +/- {self.std_cost:.2f}"),
             ("normalised reward", f"{self.normalized_reward:.3f} +/- {self.normalized_reward_std:.3f}"),
@@ -119,11 +122,33 @@ def _checked(policy_fn: PolicyFn, act_dim: int) -> PolicyFn:
     return act
 
 
+def with_random_start(policy_fn: PolicyFn, steps: int, act_dim: int, seed: int) -> PolicyFactory:
+    """A policy factory for `run_episodes` whose episodes take seeded uniform random unit-box
+    actions for their first `steps` steps, then `policy_fn`'s (episode i's draws depend only on
+    (seed, i): the same perturbation for every policy evaluated with the same seed)."""
+    def factory(indices: np.ndarray) -> PolicyFn:
+        rngs = [np.random.default_rng([seed, int(i), 0xA11]) for i in indices]
+        step = 0
+
+        def act(observations: np.ndarray) -> np.ndarray:
+            nonlocal step
+            step += 1
+            if step <= steps:
+                return np.stack([rng.uniform(-1.0, 1.0, act_dim) for rng in rngs]).astype(np.float32)
+            return policy_fn(observations)
+
+        return act
+
+    return factory
+
+
 def evaluate_policy(policy_fn: PolicyFn, task: str | TaskSpec, episodes: int = 10, seed: int = 0,
                     thresholds: Sequence[float] | None = None, num_envs: int = 10,
-                    progress: bool = False) -> EvalResult:
+                    progress: bool = False, random_start_steps: int | None = None) -> EvalResult:
     """Run `episodes` episodes of `policy_fn` (float32 obs [B, obs_dim] -> actions [B, act_dim],
-    clipped to the action space) and summarise them. thresholds default to the task's."""
+    clipped to the action space) and summarise them. thresholds default to the task's;
+    random_start_steps (default: the task's `eval_random_start_steps`) is the start-state
+    perturbation of `with_random_start`."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     if episodes < 1:
         raise EvaluationError(f"need at least one evaluation episode, got {episodes}")
@@ -131,8 +156,13 @@ def evaluate_policy(policy_fn: PolicyFn, task: str | TaskSpec, episodes: int = 1
     if not chosen or any(k < 0 for k in chosen):
         raise EvaluationError(f"cost thresholds must be a non-empty list of non-negative numbers, got {chosen}")
     checked = _checked(policy_fn, spec.act_dim)
-    rollouts = run_episodes(spec, lambda _indices: checked, episodes, seed=seed, num_envs=num_envs,
+    start_steps = spec.eval_random_start_steps if random_start_steps is None else random_start_steps
+    if start_steps < 0:
+        raise EvaluationError(f"random_start_steps must be >= 0, got {start_steps}")
+    factory = with_random_start(checked, start_steps, spec.act_dim, seed) if start_steps else (lambda _i: checked)
+    rollouts = run_episodes(spec, factory, episodes, seed=seed, num_envs=num_envs,
                             progress=f"evaluate {spec.name}" if progress else None)
     return EvalResult(task=spec.name, seed=seed, episode_returns=rollouts.episode_returns(),
                       episode_costs=rollouts.episode_cost_returns(), episode_lengths=rollouts.episode_lengths,
-                      thresholds=chosen, reward_min=spec.reward_min, reward_max=spec.reward_max)
+                      thresholds=chosen, reward_min=spec.reward_min, reward_max=spec.reward_max,
+                      random_start_steps=start_steps)

@@ -29,6 +29,10 @@ class TaskSpec:
     reward_min: float
     reward_max: float
     cost_thresholds: tuple[float, ...] = (10.0, 20.0, 40.0)
+    # Evaluation drives the first N steps of every episode with seeded uniform random actions: the
+    # documented start-state perturbation for tasks whose resets barely vary (the Run tasks' first
+    # observations differ by ~5e-4 over resets, so a deterministic policy would replay one episode).
+    eval_random_start_steps: int = 0
 
     def normalized_reward(self, episode_return: float) -> float:
         return (episode_return - self.reward_min) / (self.reward_max - self.reward_min)
@@ -39,12 +43,18 @@ class TaskSpec:
         return (episode_cost + eps) / (threshold + eps)
 
 
+RUN_RANDOM_START_STEPS = 10
+
 # DSRL's Bullet tasks (bullet-safety-gym 1.4.0): T, obs, act, R_min, R_max from DSRL's infos.
 _BULLET = [
-    TaskSpec("BallRun", "SafetyBallRun-v0", "bullet", 100, 7, 2, 26.34, 1327.45),
-    TaskSpec("CarRun", "SafetyCarRun-v0", "bullet", 200, 7, 2, 204.29, 574.65),
-    TaskSpec("DroneRun", "SafetyDroneRun-v0", "bullet", 200, 17, 4, 10.56, 682.83),
-    TaskSpec("AntRun", "SafetyAntRun-v0", "bullet", 200, 33, 8, 0.0018, 955.48),
+    TaskSpec("BallRun", "SafetyBallRun-v0", "bullet", 100, 7, 2, 26.34, 1327.45,
+             eval_random_start_steps=RUN_RANDOM_START_STEPS),
+    TaskSpec("CarRun", "SafetyCarRun-v0", "bullet", 200, 7, 2, 204.29, 574.65,
+             eval_random_start_steps=RUN_RANDOM_START_STEPS),
+    TaskSpec("DroneRun", "SafetyDroneRun-v0", "bullet", 200, 17, 4, 10.56, 682.83,
+             eval_random_start_steps=RUN_RANDOM_START_STEPS),
+    TaskSpec("AntRun", "SafetyAntRun-v0", "bullet", 200, 33, 8, 0.0018, 955.48,
+             eval_random_start_steps=RUN_RANDOM_START_STEPS),
     TaskSpec("BallCircle", "SafetyBallCircle-v0", "bullet", 200, 8, 2, 0.38, 881.46),
     TaskSpec("CarCircle", "SafetyCarCircle-v0", "bullet", 300, 8, 2, 3.48, 534.31),
     TaskSpec("DroneCircle", "SafetyDroneCircle-v0", "bullet", 300, 18, 4, 207.79, 996.39),

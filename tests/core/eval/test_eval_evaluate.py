@@ -64,3 +64,17 @@ def test_bad_policies_and_settings_are_refused() -> None:
         evaluate_policy(_constant([0.0, 0.0]), "BallRun", episodes=0)
     with pytest.raises(EvaluationError):
         evaluate_policy(_constant([0.0, 0.0]), "BallRun", episodes=1, thresholds=())
+
+
+def test_run_tasks_perturb_the_start_so_a_deterministic_policy_sees_different_episodes() -> None:
+    policy = _constant([0.6, 0.0])
+    plain = evaluate_policy(policy, "BallRun", episodes=6, seed=0, random_start_steps=0)
+    assert np.ptp(plain.episode_returns) < 1e-3 * abs(plain.mean_return)        # one episode, replayed
+    varied = evaluate_policy(policy, "BallRun", episodes=6, seed=0)                 # the task's default
+    assert varied.random_start_steps == get_task("BallRun").eval_random_start_steps == 10
+    assert len(set(np.round(varied.episode_returns, 3))) == 6
+    again = evaluate_policy(policy, "BallRun", episodes=6, seed=0)                  # same perturbation per seed
+    np.testing.assert_array_equal(again.episode_returns, varied.episode_returns)
+    assert json.loads(json.dumps(varied.to_dict()))["random_start_steps"] == 10
+    with pytest.raises(EvaluationError, match="random_start_steps"):
+        evaluate_policy(policy, "BallRun", episodes=1, random_start_steps=-1)
