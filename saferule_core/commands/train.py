@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,14 @@ def _read_overrides(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     return data, train
 
 
+def _warn_if_bf16_is_emulated(overrides: dict[str, Any]) -> None:
+    from saferule_core.algos.networks import native_bf16_available
+
+    if overrides.get("precision") == "bf16" and not native_bf16_available():
+        print("saferule train: warning: this CPU has no native bfloat16 (AVX-512 BF16 or AMX); bf16 matmuls are "
+              "emulated and run far slower than fp32 here: drop --precision bf16", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from saferule_core.algos.trainer import TrainConfig, fit  # torch: imported only when needed
     from saferule_core.data.store import DatasetStore
@@ -104,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in train_overrides.items():
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"train setting {key} must be an integer, got {value!r}")
+    _warn_if_bf16_is_emulated(overrides)
     if args.seeds is not None:
         return _run_seeds(args, overrides, train_overrides)
     train_config = TrainConfig(steps=args.steps, seed=args.seed, progress=not args.quiet, **train_overrides)
