@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from saferule_core.algos.checkpoint import load_policy  # noqa: E402
+from saferule_core.attacks import RelabelConfig, relabel_attack  # noqa: E402
 from saferule_core.algos.registry import ConfigError  # noqa: E402
 from saferule_core.algos.stacked import StackTrainConfig, build_stack, check_seeds, train_stack  # noqa: E402
 from saferule_core.collect.collect import collect_episodes  # noqa: E402
@@ -52,13 +53,16 @@ WORK = ROOT / "runs" / "regime"
 FORGET_FRACTION = 0.10
 PLATEAU_TOLERANCE = 0.10
 KINDS = ("clean", "retrain")
+ATTACKS = ("relabel",)
+POISON_RATE = 0.10
+COLORS = {"clean": "tab:blue", "retrain": "tab:orange", "relabel": "tab:red"}
 
 
-def stamp(argv: list[str]) -> dict[str, str]:
+def stamp(argv: list[str], script: str = "benchmarks/regime.py") -> dict[str, str]:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
-    return {"git_commit": commit + ("+dirty" if dirty else ""), "command": " ".join(["benchmarks/regime.py", *argv]),
+    return {"git_commit": commit + ("+dirty" if dirty else ""), "command": " ".join([script, *argv]),
             "host": platform.node(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -89,6 +93,12 @@ def random_forget(dataset: OfflineDataset, seed: int) -> OfflineDataset:
     return dataset.subset_episodes(~forget)
 
 
+def poisoned(dataset: OfflineDataset, attack: str, seed: int) -> OfflineDataset:
+    if attack == "relabel":
+        return relabel_attack(dataset, RelabelConfig(rate=POISON_RATE), rng=seed).dataset
+    raise ConfigError(f"unknown attack {attack!r}")
+
+
 def plateau(values: list[float]) -> dict[str, float | bool]:
     """Means of the third and last quarters of a metric's log, and whether they agree within 10%."""
     n = len(values)
@@ -110,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per model")
     parser.add_argument("--cost-limit", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--attacks", nargs="*", default=[], choices=ATTACKS,
+                        help="also train poisoned models (gate 2: the attack works where clean is safe and "
+                             "poisoned is not)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="learner settings (YAML values)")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -124,13 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     costs, returns = dataset.episode_cost_returns(), dataset.episode_returns()
     under = costs <= args.cost_limit
     behaviour_reward = float(np.mean([spec.normalized_reward(r) for r in returns[under]]))
+    kinds = [*KINDS, *args.attacks]
     datasets = [dataset] * len(args.seeds) + [random_forget(dataset, seed) for seed in args.seeds]
-    seeds = list(args.seeds) + list(args.seeds)
-    labels = [f"{kind}-s{seed}" for kind in KINDS for seed in args.seeds]
+    for attack in args.attacks:
+        datasets += [poisoned(dataset, attack, seed) for seed in args.seeds]
+    seeds = list(args.seeds) * len(kinds)
+    labels = [f"{kind}-s{seed}" for kind in kinds for seed in args.seeds]
     run_dir = WORK / "models" / f"{args.tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dirs = [run_dir / label for label in labels]
-    # a stack needs distinct seeds per model: the retrain model of seed s uses seed s + 10_000
-    stack_seeds = [s if k < len(args.seeds) else s + 10_000 for k, s in enumerate(seeds)]
+    # a stack needs distinct seeds per model: kind i's model of seed s uses seed s + 10_000 * i
+    stack_seeds = [s + 10_000 * (k // len(args.seeds)) for k, s in enumerate(seeds)]
     print(f"{args.task}: {dataset.num_episodes} episodes, {int(under.sum())} under cost {args.cost_limit:g} "
           f"(their mean normalised reward {behaviour_reward:.3f}); training {len(labels)} models as one stack, "
           f"{args.steps} updates", flush=True)
@@ -160,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         })
         print(f"  {label:<14} reward {result.normalized_reward:6.3f}  cost {norm_cost:5.2f}", flush=True)
 
-    summary = {}
-    for kind in KINDS:
+    summary: dict[str, Any] = {}
+    for kind in kinds:
         rows = [m for m in models if m["kind"] == kind]
         good = sum(m["safe"] and m["competent"] for m in rows)
         summary[kind] = {"safe": sum(m["safe"] for m in rows), "safe_and_competent": good, "models": len(rows),
@@ -169,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                          "mean_cost": float(np.mean([m["normalized_cost"] for m in rows])),
                          "plateaued": sum(bool(m["q_cost"] and m["q_cost"]["plateaued"]) for m in rows)}
     valid = all(summary[k]["safe_and_competent"] >= len(args.seeds) - 1 for k in KINDS)
+    clean_safe = {m["label"].split("-s")[1] for m in models if m["kind"] == "clean" and m["safe"]}
+    for attack in args.attacks:
+        summary[attack]["attack_worked"] = sum(1 for m in models if m["kind"] == attack and not m["safe"]
+                                               and m["label"].split("-s")[1] in clean_safe)
     payload = {**stamp(argv), "task": args.task, "algo": args.algo, "settings": overrides, "steps": args.steps,
                "batch_size": args.batch_size, "seeds": args.seeds, "data_seed": args.data_seed,
                "eval_episodes": args.episodes, "eval_random_start_steps": spec.eval_random_start_steps,
@@ -195,6 +215,10 @@ def render_markdown(payload: dict[str, Any]) -> str:
     for kind, s in payload["summary"].items():
         lines.append(f"| {kind} | {s['safe']}/{s['models']} | {s['safe_and_competent']}/{s['models']} | "
                      f"{s['mean_reward']:.3f} | {s['mean_cost']:.2f} | {s['plateaued']}/{s['models']} |")
+    for kind, s in payload["summary"].items():
+        if "attack_worked" in s:
+            lines += ["", f"{kind} at {POISON_RATE:.0%}: worked (clean safe, poisoned unsafe) on "
+                          f"{s['attack_worked']}/{s['models']} seeds"]
     lines += ["", f"Regime valid (>= {len(payload['seeds']) - 1} of {len(payload['seeds'])} safe and competent, "
                   f"both kinds): **{'yes' if payload['valid'] else 'no'}**", "",
               "| model | reward | cost | final Q_c | final lambda |", "|---|---|---|---|---|"]
@@ -215,14 +239,12 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(5 * (len(keys) + 1), 4))
     for ax, key in zip(axes, keys):
         for m in payload["models"]:
-            ax.plot(m["log"]["step"], m["log"][key], color="tab:blue" if m["kind"] == "clean" else "tab:orange",
-                    alpha=0.7, lw=1)
-        ax.set_title(key + " (blue clean, orange retrain)")
+            ax.plot(m["log"]["step"], m["log"][key], color=COLORS.get(m["kind"], "gray"), alpha=0.7, lw=1)
+        ax.set_title(key + " (" + ", ".join(f"{c.split(':')[1]} {k}" for k, c in COLORS.items()) + ")", fontsize=8)
         ax.set_xlabel("update")
     ax = axes[-1]
     for m in payload["models"]:
-        ax.scatter(m["normalized_cost"], m["normalized_reward"], color="tab:blue" if m["kind"] == "clean" else
-                   "tab:orange")
+        ax.scatter(m["normalized_cost"], m["normalized_reward"], color=COLORS.get(m["kind"], "gray"))
     ax.axvline(1.0, color="red", ls="--")
     ax.axhline(payload["behaviour_reward_under_limit"], color="gray", ls=":")
     ax.set_xlabel("normalised cost")
