@@ -14,6 +14,8 @@ import onnxruntime as ort
 
 from saferule_core.artifacts.manifest import ACTION_OUTPUT, OBSERVATION_INPUT, validate_action_bounds
 from saferule_core.errors import ArtifactError
+from saferule_core.io_utils import read_regular_file
+from saferule_core.limits import MAX_ONNX_BYTES, LimitError
 
 SessionSource = ort.InferenceSession | bytes | Path | str
 
@@ -31,17 +33,26 @@ def open_session(model: bytes | Path | str) -> ort.InferenceSession:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     if isinstance(model, bytes):
-        source: bytes | str = model
-        where = "from bytes"
+        source, where = model, "from bytes"
     else:
-        path = Path(model)
-        if not path.is_file():
-            raise ArtifactError(f"ONNX model {path} does not exist")
-        source, where = str(path), str(path)
+        source, where = _read_model(Path(model)), str(model)
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types, none shared
         raise ArtifactError(f"cannot load ONNX model {where}: {_first_line(err)}") from None
+
+
+def _read_model(path: Path) -> bytes:
+    """A model file's bytes: a regular file within MAX_ONNX_BYTES (onnxruntime given the path
+    would read a device or a FIFO without end)."""
+    try:
+        return read_regular_file(path, MAX_ONNX_BYTES)
+    except FileNotFoundError:
+        raise ArtifactError(f"ONNX model {path} does not exist") from None
+    except LimitError as err:
+        raise ArtifactError(f"refusing to read {err}") from None
+    except OSError as err:
+        raise ArtifactError(f"cannot read ONNX model {path}: {err.strerror}") from None
 
 
 def _as_session(source: SessionSource) -> ort.InferenceSession:

@@ -41,7 +41,8 @@ from saferule_core.artifacts.manifest import (
 )
 from saferule_core.artifacts.signing import decode_signature, encode_signature, sign_manifest, verify, verify_key_hex
 from saferule_core.errors import ArtifactError
-from saferule_core.io_utils import atomic_directory, atomic_write_text, fsync_dir
+from saferule_core.io_utils import atomic_directory, atomic_write_text, fsync_dir, read_regular_file
+from saferule_core.limits import MAX_MANIFEST_BYTES, MAX_ONNX_BYTES, MAX_SMALL_FILE_BYTES, LimitError
 
 LATEST_FILE = "latest"
 LOCK_FILE = ".lock"
@@ -57,11 +58,14 @@ class LoadedArtifact:
     path: Path
 
 
-def _read_optional(path: Path) -> bytes | None:
+def _read_optional(path: Path, max_bytes: int) -> bytes | None:
+    """The bytes of a regular file of at most `max_bytes`; None when it is missing."""
     try:
-        return path.read_bytes()
+        return read_regular_file(path, max_bytes)
     except FileNotFoundError:
         return None
+    except LimitError as err:
+        raise ArtifactError(f"refusing to read {err}") from None
     except OSError as err:
         raise ArtifactError(f"cannot read {path}: {err.strerror}") from None
 
@@ -71,10 +75,10 @@ def load_artifact_dir(path: Path, verify_key: VerifyKey) -> LoadedArtifact:
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"artifact {path} does not exist")
-    manifest_bytes = _read_optional(path / MANIFEST_FILE)
+    manifest_bytes = _read_optional(path / MANIFEST_FILE, MAX_MANIFEST_BYTES)
     if manifest_bytes is None:
         raise ArtifactError(f"artifact {path} has no {MANIFEST_FILE}")
-    signature_text = _read_optional(path / SIGNATURE_FILE)
+    signature_text = _read_optional(path / SIGNATURE_FILE, MAX_SMALL_FILE_BYTES)
     if signature_text is None:
         raise ArtifactError(f"artifact {path} is unsigned: {SIGNATURE_FILE} is missing")
     try:
@@ -85,7 +89,7 @@ def load_artifact_dir(path: Path, verify_key: VerifyKey) -> LoadedArtifact:
     if manifest.signer_public_key != verify_key_hex(verify_key):
         raise ArtifactError(f"artifact {path}: manifest names signer {manifest.signer_public_key[:16]}..., "
                             f"not the trusted key")
-    onnx_bytes = _read_optional(path / ONNX_FILE)
+    onnx_bytes = _read_optional(path / ONNX_FILE, MAX_ONNX_BYTES)
     if onnx_bytes is None:
         raise ArtifactError(f"artifact {path} has no {ONNX_FILE}")
     digest = sha256_hex(onnx_bytes)
@@ -134,7 +138,7 @@ class PolicyRegistry:
 
     def latest(self) -> str | None:
         """The version the `latest` pointer names; None for an empty registry."""
-        raw = _read_optional(self.root / LATEST_FILE)
+        raw = _read_optional(self.root / LATEST_FILE, MAX_SMALL_FILE_BYTES)
         if raw is None:
             return None
         version = raw.decode("ascii", errors="replace").strip()
@@ -154,7 +158,7 @@ class PolicyRegistry:
 
     def manifest(self, version: str) -> ArtifactManifest:
         """The manifest of `version`, parsed but NOT signature-checked (listing, display)."""
-        raw = _read_optional(self.path(version) / MANIFEST_FILE)
+        raw = _read_optional(self.path(version) / MANIFEST_FILE, MAX_MANIFEST_BYTES)
         if raw is None:
             raise ArtifactError(f"version {version} has no {MANIFEST_FILE}")
         manifest = ArtifactManifest.parse(raw)
@@ -215,6 +219,9 @@ class PolicyRegistry:
         Refuses a model whose declared I/O does not match the fields, and a missing parent.
         """
         onnx_bytes = onnx if isinstance(onnx, bytes) else _read_onnx(Path(onnx))
+        if len(onnx_bytes) > MAX_ONNX_BYTES:
+            raise ArtifactError(f"the ONNX model is {len(onnx_bytes)} bytes; the limit is {MAX_ONNX_BYTES} "
+                                f"(a runner would refuse to load it)")
         check_policy_io(open_session(onnx_bytes), fields.obs_dim, fields.act_dim,
                         fields.observation_input, fields.action_output)
         low, high = validate_action_bounds(fields.action_low, fields.action_high, fields.act_dim)
@@ -263,7 +270,7 @@ def _metric_values(metrics: Mapping[str, object]) -> dict[str, float]:
 
 
 def _read_onnx(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise ArtifactError(f"cannot read ONNX file {path}: {err.strerror}") from None
+    onnx_bytes = _read_optional(path, MAX_ONNX_BYTES)
+    if onnx_bytes is None:
+        raise ArtifactError(f"cannot read ONNX file {path}: No such file or directory")
+    return onnx_bytes

@@ -17,7 +17,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from saferule_core.errors import ArtifactError
-from saferule_core.io_utils import atomic_write_text
+from saferule_core.io_utils import atomic_write_text, read_regular_file
+from saferule_core.limits import MAX_SMALL_FILE_BYTES, LimitError
 
 KEY_DIR_ENV = "SAFERULE_KEY_DIR"
 SIGNING_KEY_FILE = "signing_key"
@@ -62,10 +63,10 @@ def _key_file(path: Path, name: str) -> Path:
 
 def _read_hex_key(path: Path, what: str) -> bytes:
     try:
-        text = path.read_text(encoding="ascii").strip()
+        text = read_regular_file(path, MAX_SMALL_FILE_BYTES).decode("ascii").strip()
     except FileNotFoundError:
         raise ArtifactError(f"no {what} at {path} (create a key pair with `saferule registry keygen DIR`)") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except (OSError, UnicodeDecodeError, LimitError) as err:
         raise ArtifactError(f"cannot read {what} {path}: {err}") from None
     try:
         raw = bytes.fromhex(text)

@@ -14,6 +14,12 @@ rule depends on the request's history, so ask `LedgerEntry.next_states`, not the
 Each append is flushed and fsync'ed before it returns, so an acknowledged state change survives a
 crash. A crash mid-append leaves a torn last line without its newline: readers ignore it and report
 it (`torn_tail`); the next append cuts it off first, since it was never acknowledged.
+
+A `ForgetLedger` keeps what it has folded and, on each read or append, reads only the bytes added
+since (by any process): an append costs the same however long the ledger is, once the instance has
+read it (the unlearning server keeps one per dataset). A file that was replaced or shortened is
+read again from the start; an edit of earlier lines (never made by the ledger) is seen by a new
+instance, which folds the whole file.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import fcntl
 import json
 import math
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections import ChainMap
+from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -38,6 +46,7 @@ from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore, DeletionReport
 from saferule_core.errors import LedgerError, SafeRuleError
 from saferule_core.io_utils import fsync_dir
+from saferule_core.limits import check_request_text
 
 LEDGER_FILE = "ledger.jsonl"
 
@@ -116,24 +125,40 @@ class LedgerEntry:
         return ForgetSelector.from_dict(self.selector)
 
 
+@dataclass
+class _Folded:
+    """The intact prefix of the ledger file that an instance has folded so far."""
+
+    identity: tuple[int, int] = (0, 0)     # st_dev, st_ino of the file it was read from
+    length: int = 0                        # bytes of complete lines
+    lines: int = 0
+    entries: dict[str, LedgerEntry] = field(default_factory=dict)
+
+
 class ForgetLedger:
-    """The ledger at `path`: a `*.jsonl` file, or else a dataset directory holding `ledger.jsonl`."""
+    """The ledger at `path`: a `*.jsonl` file, or else a dataset directory holding `ledger.jsonl`.
+
+    One instance may be shared by threads.
+    """
 
     def __init__(self, path: Path | str) -> None:
         path = Path(path)
         self.path = path if path.suffix == ".jsonl" else path / LEDGER_FILE
         self.torn_tail: str | None = None   # the ignored partial last line of the latest read, if any
+        self._folded = _Folded()
+        self._fold_lock = threading.Lock()
 
     # ----- reading ---------------------------------------------------------------------------
     def entries(self) -> list[LedgerEntry]:
         """Every request in the order it was recorded, each at its latest state."""
-        if not self.path.exists():
-            self.torn_tail = None
-            return []
-        with self._locked(exclusive=False) as fd:
-            data = _read_all(fd)
-        entries, _, self.torn_tail = _fold(data, self.path)
-        return list(entries.values())
+        with self._fold_lock:
+            if not self.path.exists():
+                self.torn_tail = None
+                self._folded = _Folded()
+                return []
+            with self._locked(exclusive=False) as fd:
+                folded, _ = self._catch_up(fd)
+            return list(folded.entries.values())
 
     def get(self, request_id: str) -> LedgerEntry:
         for entry in self.entries():
@@ -161,6 +186,7 @@ class ForgetLedger:
             raise LedgerError(f"selector must be a ForgetSelector, got {type(selector).__name__}")
         if not requester.strip() or not reason.strip():
             raise LedgerError("a forget request needs a non-empty requester and reason")
+        check_request_text(requester, reason, LedgerError)
         ids = [str(e) for e in matched_episode_ids]
         if not ids:
             raise LedgerError("a forget request must match at least one episode")
@@ -208,22 +234,42 @@ class ForgetLedger:
         line = (json.dumps(event, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
         created = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked(exclusive=True) as fd:
-            data = _read_all(fd)
-            entries, good_length, torn = _fold(data, self.path)
-            _check_event(entries, event)
+        with self._fold_lock, self._locked(exclusive=True) as fd:
+            folded, torn = self._catch_up(fd)
+            _check_event(folded.entries, event)
             if torn is not None:
-                os.ftruncate(fd, good_length)
-            os.lseek(fd, 0, os.SEEK_END)
+                os.ftruncate(fd, folded.length)
             written = 0
             while written < len(line):
-                written += os.write(fd, line[written:])
+                written += os.pwrite(fd, line[written:], folded.length + written)
             os.fsync(fd)
+            self._fold_in(folded, line)
         if created:
             fsync_dir(self.path.parent)
-        self.torn_tail = torn
-        folded, _, _ = _fold(data[:good_length] + line, self.path)
-        return folded[event["request_id"]]
+        return folded.entries[event["request_id"]]
+
+    def _catch_up(self, fd: int) -> tuple[_Folded, str | None]:
+        """Fold what was appended since this instance last read the file (the whole file the first
+        time, or when it was replaced or shortened); the torn last line, if any, is left out and
+        reported. The caller holds `_fold_lock` and the file lock."""
+        info = os.fstat(fd)
+        folded = self._folded
+        identity = (info.st_dev, info.st_ino)
+        if (identity != folded.identity or info.st_size < folded.length
+                or (folded.length and os.pread(fd, 1, folded.length - 1) != b"\n")):
+            folded = self._folded = _Folded(identity)
+        tail = _read_from(fd, folded.length)
+        intact = tail.rfind(b"\n") + 1
+        self._fold_in(folded, tail[:intact])
+        self.torn_tail = tail[intact:].decode("utf-8", errors="replace") if intact < len(tail) else None
+        return folded, self.torn_tail
+
+    def _fold_in(self, folded: _Folded, complete_lines: bytes) -> None:
+        """Fold complete lines that follow `folded` in the file; all of them or, on an error, none."""
+        changes = _fold_lines(complete_lines, self.path, folded.entries, folded.lines)
+        folded.entries.update(changes)
+        folded.length += len(complete_lines)
+        folded.lines += complete_lines.count(b"\n")
 
     @contextmanager
     def _locked(self, exclusive: bool) -> Iterator[int]:
@@ -243,22 +289,20 @@ class ForgetLedger:
 
 # ----- parsing and folding ---------------------------------------------------------------------
 
-def _read_all(fd: int) -> bytes:
+def _read_from(fd: int, offset: int) -> bytes:
     chunks = []
-    offset = 0
     while chunk := os.pread(fd, 1 << 20, offset):
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
 
 
-def _fold(data: bytes, source: Path) -> tuple[dict[str, LedgerEntry], int, str | None]:
-    """Entries by request id, the length of the intact prefix, and the torn last line (if any)."""
-    entries: dict[str, LedgerEntry] = {}
-    good_length = data.rfind(b"\n") + 1
-    tail = data[good_length:]
-    torn = tail.decode("utf-8", errors="replace") if tail else None
-    for number, raw in enumerate(data[:good_length].splitlines(), start=1):
+def _fold_lines(data: bytes, source: Path, base: dict[str, LedgerEntry], lines_before: int) -> dict[str, LedgerEntry]:
+    """The entries that complete lines `data` (following `lines_before` lines folded into `base`)
+    add or change; `base` itself is left as it is."""
+    changes: dict[str, LedgerEntry] = {}
+    entries: MutableMapping[str, LedgerEntry] = ChainMap(changes, base)
+    for number, raw in enumerate(data.splitlines(), start=lines_before + 1):
         if not raw.strip():
             continue
         try:
@@ -270,10 +314,10 @@ def _fold(data: bytes, source: Path) -> tuple[dict[str, LedgerEntry], int, str |
             _apply(entries, event)
         except LedgerError as err:
             raise LedgerError(f"{source}: line {number}: {err}") from err
-    return entries, good_length, torn
+    return changes
 
 
-def _check_event(entries: dict[str, LedgerEntry], event: Any) -> None:
+def _check_event(entries: MutableMapping[str, LedgerEntry], event: Any) -> None:
     if not isinstance(event, dict) or event.get("event") not in ("request", "transition"):
         raise LedgerError("not a ledger event")
     request_id = event.get("request_id")
@@ -302,7 +346,7 @@ def _check_event(entries: dict[str, LedgerEntry], event: Any) -> None:
                           f"(allowed next: {allowed})")
 
 
-def _apply(entries: dict[str, LedgerEntry], event: dict[str, Any]) -> None:
+def _apply(entries: MutableMapping[str, LedgerEntry], event: dict[str, Any]) -> None:
     request_id = event["request_id"]
     when = float(event.get("time", 0.0))
     if event["event"] == "request":

@@ -17,8 +17,8 @@ import numpy as np
 
 from saferule_core.data.dataset import EpisodeInfo
 from saferule_core.errors import SelectorError
+from saferule_core.limits import MAX_SELECTOR_ENTRIES, MAX_SELECTOR_ID_CHARS, check_chars
 
-MAX_SELECTOR_ENTRIES = 100_000
 _LIST_FIELDS: tuple[str, ...] = ("episode_ids", "robot_ids", "bag_names")
 _TIME_FIELDS: tuple[str, ...] = ("window_start", "window_end")
 
@@ -60,7 +60,10 @@ class ForgetSelector:
                 raise SelectorError(f"{name} has {len(value)} entries; at most {MAX_SELECTOR_ENTRIES} are accepted")
             bad = [v for v in value if not isinstance(v, str) or not v]
             if bad:
-                raise SelectorError(f"{name} must hold non-empty strings; got {_shorten([repr(b) for b in bad], 3)}")
+                shown = _shorten([repr(b)[:40] for b in bad], 3)
+                raise SelectorError(f"{name} must hold non-empty strings; got {shown}")
+            for index, item in enumerate(value):
+                check_chars(f"{name}[{index}]", item, MAX_SELECTOR_ID_CHARS, SelectorError)
             object.__setattr__(self, name, tuple(dict.fromkeys(value)))
         for name in _TIME_FIELDS:
             value = getattr(self, name)

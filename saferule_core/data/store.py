@@ -582,8 +582,10 @@ def _read_verified(path: Path, relative: str, expected_sha256: str) -> bytes:
 
 
 def _parse_parquet(file: Path, data: bytes, **kwargs: Any) -> pa.Table:
+    # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose import (pandas
+    # included) made the first open in a process take over a second.
     try:
-        return pq.read_table(pa.BufferReader(data), **kwargs)
+        return pq.ParquetFile(pa.BufferReader(data), **kwargs).read()
     except (pa.ArrowException, OSError, ValueError) as err:
         raise DatasetError(f"{file}: unreadable Parquet ({err})") from err
 
@@ -682,7 +684,8 @@ def _finish_commit(path: Path, manifest: Manifest) -> tuple[str, ...]:
         if child.name.startswith(".") and child.name.endswith(".tmp") and child.is_file():
             child.unlink()
             done.append(f"removed temporary {child.name}")
-    fsync_dir(path)
-    if shard_dir.is_dir():
-        fsync_dir(shard_dir)
+    if done:   # nothing changed: nothing to make durable (this runs on every open)
+        fsync_dir(path)
+        if shard_dir.is_dir():
+            fsync_dir(shard_dir)
     return tuple(done)

@@ -18,6 +18,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray
 
 from saferule_core.artifacts.registry import PolicyRegistry
+from saferule_core.limits import MAX_ARTIFACT_PATH_CHARS
 from saferule_interfaces.msg import PolicyStatus
 from saferule_interfaces.srv import SwapPolicy
 from saferule_ros.conversions import array_of, float32_array, label_of
@@ -132,10 +133,12 @@ def test_runner_acts_swaps_refuses_and_rolls_back(setup: tuple[Probe, dict[str, 
         "incoming/nan": "non-finite",
         str(tmp_path / "scratch" / "v0001"): "outside the registry root",
         str(probe.registry.root / "incoming" / ".." / ".." / "scratch" / "v0002"): "outside the registry root",
+        "x" * 2**20: f"artifact_path is {2**20} characters; the limit is {MAX_ARTIFACT_PATH_CHARS}",
     }
     for path, reason in refusals.items():
         answer = probe.swap(artifact_path=path)
-        assert not answer.ok and reason in answer.message, (path, answer.message)
+        assert not answer.ok and reason in answer.message, (path[:100], answer.message[:300])
+        assert len(answer.message) < 1000
         assert answer.active_version == "v0001" and "still running v0001" in answer.message
         np.testing.assert_allclose(probe.act(obs := positive()), expected(policies["A"], obs), atol=1e-5)
     answer = probe.swap(version="v0042")
@@ -175,6 +178,11 @@ def test_runner_acts_swaps_refuses_and_rolls_back(setup: tuple[Probe, dict[str, 
         np.testing.assert_allclose(probe.act(obs := positive()), expected(policies["A"], obs), atol=1e-5)
     assert probe.status_shows("v0001").rollbacks == 1
     assert "rolled back to v0001" in probe.runner.log_text()
+
+    # 30 SwapPolicy requests at once (ROS's default request queue holds 10) are all answered.
+    burst = [probe.swap_client.call_async(SwapPolicy.Request(version="v0001")) for _ in range(30)]
+    probe.wait(lambda: all(future.done() for future in burst), "answers to 30 SwapPolicy requests sent at once")
+    assert all(future.result().ok for future in burst)
 
 
 def test_generic_mode_assembles_joint_state_and_odometry_and_sends_twist(tmp_path: Path) -> None:

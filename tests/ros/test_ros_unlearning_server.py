@@ -21,6 +21,8 @@ from rclpy.node import Node
 from saferule_core.data.ledger import LedgerState, request_forget
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
+from saferule_core.limits import (MAX_DATASET_NAME_CHARS, MAX_METHOD_CHARS, MAX_PATH_COMPONENT_BYTES, MAX_REASON_CHARS,
+                                  MAX_REQUEST_ID_CHARS, MAX_REQUESTER_CHARS, MAX_SELECTOR_ID_CHARS)
 from saferule_interfaces.action import Unlearn
 from saferule_interfaces.msg import PolicyStatus
 from saferule_ros.fleet_client import FleetClient, spinning_waiter
@@ -33,6 +35,7 @@ from tests.ros.unlearning_harness import forget_request, ledger_entries, ledger_
 pytestmark = pytest.mark.ros
 
 RESULT_WAIT_S = 30.0
+MB = 2**20
 
 
 @pytest.fixture
@@ -94,11 +97,24 @@ def test_bad_forget_and_unlearn_requests_are_refused_with_a_reason(files: Server
             "directory not a dataset": (forget_request(robot_ids=["robot_1"], dataset="not_a_dataset"),
                                         "manifest.json is missing"),
             "no reason": (forget_request(reason=" ", robot_ids=["robot_1"]), "needs a reason"),
+            "1 MB reason": (forget_request(reason="r" * MB, robot_ids=["robot_1"]),
+                            f"reason is {MB} characters; the limit is {MAX_REASON_CHARS}"),
+            "1 MB requester": (forget_request(requester="q" * MB, robot_ids=["robot_1"]),
+                               f"requester is {MB} characters; the limit is {MAX_REQUESTER_CHARS}"),
+            "1 MB dataset name": (forget_request(robot_ids=["robot_1"], dataset="d" * MB),
+                                  f"dataset name is {MB} characters; the limit is {MAX_DATASET_NAME_CHARS}"),
+            "dataset name component too long": (forget_request(robot_ids=["robot_1"], dataset="d" * 300),
+                                                f"is 300 bytes; the limit is {MAX_PATH_COMPONENT_BYTES}"),
+            "1 MB robot id": (forget_request(robot_ids=["robot_1", "r" * MB]),
+                              f"robot_ids[1] is {MB} characters; the limit is {MAX_SELECTOR_ID_CHARS}"),
+            "long bag name": (forget_request(bag_names=["b" * (MAX_SELECTOR_ID_CHARS + 1)]),
+                              f"bag_names[0] is {MAX_SELECTOR_ID_CHARS + 1} characters"),
         }
         for case, (request, expected) in forget_cases.items():
             answer = client.forget(request)  # type: ignore[arg-type]
             assert not answer.accepted, case
-            assert expected in answer.message, (case, answer.message)
+            assert expected in answer.message, (case, answer.message[:300])
+            assert len(answer.message) < 1000, case   # refused, not echoed
             assert answer.request_id == "" and not answer.matched_episode_ids, case
 
         # The node survived all of that: a dry run answers matches and records nothing...
@@ -121,11 +137,17 @@ def test_bad_forget_and_unlearn_requests_are_refused_with_a_reason(files: Server
             "id and selector": (unlearn_goal(answer.request_id, robot_ids=["robot_1"]), "not both"),
             "neither id nor selector": (unlearn_goal(), "name the request"),
             "malformed selector": (unlearn_goal(robot_ids=["robot_1", ""]), "non-empty strings"),
+            "1 MB request id": (unlearn_goal("f" * MB), f"request_id is {MB} characters; the limit is "
+                                                        f"{MAX_REQUEST_ID_CHARS}"),
+            "1 MB method": (unlearn_goal(answer.request_id, method="m" * MB),
+                            f"method is {MB} characters; the limit is {MAX_METHOD_CHARS}"),
+            "1 MB episode id": (unlearn_goal(episode_ids=["e" * MB]), f"episode_ids[0] is {MB} characters"),
         }
         for case, (goal, expected) in unlearn_cases.items():
             status, result = client.unlearn_result(client.send_unlearn(goal), RESULT_WAIT_S)
             assert status == "aborted" and not result.success, (case, status)
-            assert expected in result.message, (case, result.message)
+            assert expected in result.message, (case, result.message[:300])
+            assert len(result.message) < 1000, case
         assert ledger_entry(files, answer.request_id).state == LedgerState.QUARANTINED
         print(f"\nrefused over the wire: {len(forget_cases)} Forget cases, {len(unlearn_cases)} Unlearn cases")
         assert server.proc.poll() is None
@@ -291,6 +313,7 @@ def test_queued_requests_survive_a_crash_or_a_stop_and_a_restart(files: ServerFi
     ({"default_dataset": "../elsewhere"}, "default_dataset: dataset '../elsewhere': '..' is not allowed"),
     ({"on_interrupted": "maybe"}, "on_interrupted 'maybe': expected one of resume, fail"),
     ({"default_method": "magic"}, "default_method 'magic': expected one of safe_rule"),
+    ({"max_pending_forget": 1000}, "max_pending_forget 1000: at most 256"),
 ])
 def test_bad_configuration_stops_the_server_with_one_line(files: ServerFiles, tmp_path: Path,
                                                           params: dict[str, str], expected: str) -> None:

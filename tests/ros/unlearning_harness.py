@@ -37,9 +37,9 @@ def server_process(files: ServerFiles, log: Path, robots: list[str] | None = Non
 
 
 def forget_request(reason: str = "pytest: compromised robot", dataset: str = "", dry_run: bool = False,
-                   window_start: Time | None = None, window_end: Time | None = None,
+                   window_start: Time | None = None, window_end: Time | None = None, requester: str = "pytest",
                    **lists: list[str]) -> Forget.Request:
-    request = Forget.Request(dataset=dataset, reason=reason, requester="pytest", dry_run=dry_run)
+    request = Forget.Request(dataset=dataset, reason=reason, requester=requester, dry_run=dry_run)
     for name, values in lists.items():
         setattr(request.selector, name, values)
     if window_start is not None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -14,10 +15,11 @@ import pytest
 from nacl.signing import SigningKey, VerifyKey
 
 from saferule_core.artifacts import registry as registry_module
-from saferule_core.artifacts.checks import check_policy_outputs
+from saferule_core.artifacts.checks import check_policy_outputs, open_session
 from saferule_core.artifacts.manifest import ArtifactManifest, ManifestFields
 from saferule_core.artifacts.registry import PolicyRegistry, verify_artifact_dir
 from saferule_core.errors import ArtifactError
+from saferule_core.limits import MAX_ONNX_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FieldsFactory = Callable[..., ManifestFields]
@@ -154,6 +156,46 @@ def test_artifact_renamed_to_another_version_fails_load(three_versions: PolicyRe
     shutil.copytree(three_versions.root / "v0001", three_versions.root / "v0003")
     with pytest.raises(ArtifactError, match="directory v0003 holds"):
         three_versions.load("v0003", verify_key)
+
+
+def test_only_regular_files_within_the_size_limit_are_read(three_versions: PolicyRegistry,
+                                                          verify_key: VerifyKey) -> None:
+    # A symlink to /dev/zero would otherwise be read without end; an oversized file is refused
+    # before a byte of it is read (a sparse file: nothing is written).
+    onnx_file = three_versions.root / "v0002" / "policy.onnx"
+    onnx_file.unlink()
+    onnx_file.symlink_to("/dev/zero")
+    with pytest.raises(ArtifactError, match="policy.onnx is a character device; only a regular file is read"):
+        three_versions.load("v0002", verify_key)
+    onnx_file.unlink()
+    with open(onnx_file, "wb") as fh:
+        fh.truncate(MAX_ONNX_BYTES + 1)
+    too_big = f"policy.onnx is {MAX_ONNX_BYTES + 1} bytes; the limit is {MAX_ONNX_BYTES}"
+    with pytest.raises(ArtifactError, match=too_big):
+        three_versions.load("v0002", verify_key)
+    with pytest.raises(ArtifactError, match="the limit is"):
+        open_session(onnx_file)
+    signature = three_versions.root / "v0003" / "manifest.sig"
+    signature.unlink()
+    signature.symlink_to("/dev/zero")
+    with pytest.raises(ArtifactError, match="manifest.sig is a character device"):
+        three_versions.load("v0003", verify_key)
+    latest = three_versions.root / "latest"
+    latest.unlink()
+    os.mkfifo(latest)   # a FIFO without a writer: reading it would block for ever
+    with pytest.raises(ArtifactError, match="latest is a FIFO"):
+        three_versions.latest()
+    three_versions.load("v0001", verify_key)  # the others still load
+
+
+def test_publish_refuses_an_onnx_model_over_the_limit(registry: PolicyRegistry, make_fields: FieldsFactory,
+                                                      signing_key: SigningKey, tmp_path: Path) -> None:
+    huge = tmp_path / "huge.onnx"
+    with open(huge, "wb") as fh:
+        fh.truncate(MAX_ONNX_BYTES + 1)
+    with pytest.raises(ArtifactError, match=f"the limit is {MAX_ONNX_BYTES}"):
+        registry.publish(huge, make_fields(), signing_key)
+    assert registry.versions() == []
 
 
 def test_verify_standalone_artifact_dir(three_versions: PolicyRegistry, verify_key: VerifyKey,

@@ -13,6 +13,7 @@ from saferule_core.data.ledger import (LEDGER_FILE, ForgetLedger, LedgerError, L
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import DatasetError
+from saferule_core.limits import MAX_REASON_CHARS, MAX_REQUESTER_CHARS
 
 SELECTOR = ForgetSelector(robot_ids=("robot-1",))
 
@@ -134,6 +135,11 @@ def test_request_validation(tmp_path: Path) -> None:
     record(ledger, request_id="fixed-id")
     with pytest.raises(LedgerError, match="'fixed-id' already exists"):
         record(ledger, request_id="fixed-id")
+    too_long = f"reason is {MAX_REASON_CHARS + 1} characters; the limit is {MAX_REASON_CHARS}"
+    with pytest.raises(LedgerError, match=too_long):
+        ledger.record_request(SELECTOR, ["a"], 3, "h", requester="x", reason="r" * (MAX_REASON_CHARS + 1))
+    with pytest.raises(LedgerError, match=f"requester is 1048576 characters; the limit is {MAX_REQUESTER_CHARS}"):
+        ledger.record_request(SELECTOR, ["a"], 3, "h", requester="x" * 2**20, reason="r")
 
 
 def test_pending_and_summary(tmp_path: Path) -> None:
@@ -207,6 +213,49 @@ def test_hand_edited_illegal_history_is_an_error(tmp_path: Path) -> None:
                              "dataset_hash_after": "h"}) + "\n")
     with pytest.raises(LedgerError, match="line 2: request .* is requested; it cannot become purged"):
         ledger.entries()
+
+
+def test_an_append_reads_only_what_was_appended_since(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_module.os, "fsync", lambda fd: None)   # speed only: reads are what is counted
+    ledger = ForgetLedger(tmp_path)
+    for _ in range(300):
+        record(ledger)
+    size = (tmp_path / LEDGER_FILE).stat().st_size
+    read: list[int] = []
+    real_pread = ledger_module.os.pread
+
+    def counting_pread(fd: int, length: int, offset: int) -> bytes:
+        data = real_pread(fd, length, offset)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(ledger_module.os, "pread", counting_pread)
+    request_id = record(ledger)
+    ledger.transition(request_id, "quarantined")
+    assert sum(read) <= 2, f"two appends read {sum(read)} bytes of a {size}-byte ledger"
+    # Another writer's line is read, and only that.
+    other = record(ForgetLedger(tmp_path))
+    read.clear()
+    assert ledger.transition(other, "quarantined").state is LedgerState.QUARANTINED
+    line = (tmp_path / LEDGER_FILE).read_bytes().splitlines(keepends=True)[-2]
+    assert sum(read) <= len(line) + 1 < size
+    assert len(ledger.entries()) == 302 and ForgetLedger(tmp_path).entries() == ledger.entries()
+
+
+def test_a_replaced_or_shortened_ledger_is_read_again(tmp_path: Path) -> None:
+    ledger = ForgetLedger(tmp_path)
+    kept, dropped = record(ledger), record(ledger)
+    file = tmp_path / LEDGER_FILE
+    first_line = file.read_bytes().splitlines(keepends=True)[0]
+    file.write_bytes(first_line)                   # shortened in place
+    assert [e.request_id for e in ledger.entries()] == [kept]
+    replacement = tmp_path / "replacement.jsonl"
+    replacement.write_bytes(first_line)
+    ForgetLedger(replacement).transition(kept, "quarantined")
+    replacement.replace(file)                      # a new file under the same name
+    assert ledger.get(kept).state is LedgerState.QUARANTINED
+    with pytest.raises(LedgerError, match="no forget request"):
+        ledger.get(dropped)
 
 
 def test_missing_ledger_reads_as_empty(tmp_path: Path) -> None:

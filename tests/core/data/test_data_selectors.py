@@ -11,6 +11,7 @@ from saferule_core.data.dataset import OfflineDataset
 from saferule_core.data.selectors import MAX_SELECTOR_ENTRIES, ForgetSelector, mask_selector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import SelectorError
+from saferule_core.limits import MAX_SELECTOR_ID_CHARS
 
 # The fixture dataset: 12 episodes "ep-000".., robot-{i%3}, bag-{i//4}.mcap, starts 100 s apart.
 
@@ -79,6 +80,13 @@ def test_too_long_lists_are_refused() -> None:
     ForgetSelector(episode_ids=tuple(f"e{i}" for i in range(MAX_SELECTOR_ENTRIES)))
     with pytest.raises(SelectorError, match=f"at most {MAX_SELECTOR_ENTRIES}"):
         ForgetSelector(robot_ids=tuple(f"r{i}" for i in range(MAX_SELECTOR_ENTRIES + 1)))
+
+
+def test_too_long_ids_are_refused() -> None:
+    ForgetSelector(bag_names=("b" * MAX_SELECTOR_ID_CHARS,))
+    too_long = rf"robot_ids\[1\] is 1048576 characters; the limit is {MAX_SELECTOR_ID_CHARS}"
+    with pytest.raises(SelectorError, match=too_long):
+        ForgetSelector(robot_ids=("robot-1", "r" * 2**20))
 
 
 @pytest.mark.parametrize("kwargs, problem", [

@@ -48,10 +48,14 @@ from saferule_ros.topics import (
     POLICY_STATUS_TOPIC,
     STREAM_QOS,
     SWAP_POLICY_SERVICE,
+    recorder_qos,
     robot_id_from_namespace,
 )
 
 MODES = ("sim", "generic")
+# SwapPolicy requests DDS holds while one swap verifies (they are answered in turn); ROS's default
+# of 10 silently dropped the rest of a burst.
+SWAP_QUEUE_DEPTH = 64
 
 
 @dataclass
@@ -130,7 +134,7 @@ class PolicyRunner(Node):
                                          LATEST_ONLY_QOS, callback_group=control)
         self.status_pub = self.create_publisher(PolicyStatus, POLICY_STATUS_TOPIC, 10)
         self.create_service(SwapPolicy, SWAP_POLICY_SERVICE, self._on_swap_request,
-                            callback_group=MutuallyExclusiveCallbackGroup())
+                            qos_profile=recorder_qos(SWAP_QUEUE_DEPTH), callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(cfg.status_period_s, self._publish_status, callback_group=MutuallyExclusiveCallbackGroup())
 
         self._last_latest = self._read_latest()
@@ -236,7 +240,7 @@ class PolicyRunner(Node):
                 policy = self.loader.prepare(artifact, self.window.snapshot(), *dims)
                 self.encoder.check_width(policy.act_dim)
             except (ArtifactError, ValueError, OSError) as err:
-                what = artifact_path or version
+                what = (artifact_path or version)[:200]   # an over-long one is refused, not echoed
                 message = f"refused {what}: {err}; still running {current_version or 'no policy'}"
                 self.get_logger().warning(f"{reason} swap {message}")
                 return SwapOutcome(False, current_version, "", message)

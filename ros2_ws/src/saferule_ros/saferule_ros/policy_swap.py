@@ -21,6 +21,7 @@ from saferule_core.artifacts.checks import check_policy_io, check_policy_outputs
 from saferule_core.artifacts.export import default_check_observations
 from saferule_core.artifacts.registry import LoadedArtifact, PolicyRegistry, load_artifact_dir
 from saferule_core.errors import ArtifactError
+from saferule_core.limits import MAX_ARTIFACT_PATH_CHARS, MAX_VERSION_CHARS, check_chars
 
 LATEST = "latest"
 
@@ -129,6 +130,8 @@ class PolicyLoader:
 
     def load(self, artifact_path: str = "", version: str = "") -> LoadedArtifact:
         """Verify the artifact named by a path (inside the registry) or a version ("latest" allowed)."""
+        check_chars("artifact_path", artifact_path, MAX_ARTIFACT_PATH_CHARS, ArtifactError)
+        check_chars("version", version, MAX_VERSION_CHARS, ArtifactError)
         if bool(artifact_path) == bool(version):
             raise ArtifactError("name either artifact_path or version (not both, not neither)")
         if artifact_path:

@@ -3,7 +3,11 @@
 `forget` (saferule_interfaces/srv/Forget): checks the selector against a dataset under `data_root`;
 a dry run answers what it matches; otherwise the request is recorded in the dataset's ledger and
 its episodes quarantined (`request_forget`: requested -> quarantined) before the answer, which
-carries the request id. Bad input is refused with accepted=false and a message naming the problem.
+carries the request id. Bad input is refused with accepted=false and a message naming the problem
+(every string and list has a limit, `saferule_core.limits`). Requests are taken off DDS as they
+come: each waits in its own executor thread for the one thread that records requests, in order;
+past `max_pending_forget` waiting, a request is answered "busy" at once. DDS holds
+`request_queue_depth` requests per service until the executor takes them.
 
 `unlearn` (saferule_interfaces/action/Unlearn): a goal names a request id (or a selector, which
 records a new request first) and a method. Goals queue in a state file under `work_dir` (they
@@ -28,6 +32,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,8 @@ from saferule_core.data.ledger import LEDGER_FILE, ForgetLedger, LedgerEntry, Le
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import SafeRuleError
+from saferule_core.limits import (MAX_METHOD_CHARS, MAX_REQUEST_ID_CHARS, check_chars, check_dataset_name,
+                                  check_request_text)
 from saferule_interfaces.action import Unlearn
 from saferule_interfaces.srv import Forget
 from saferule_ros.fleet_client import FleetClient, event_waiter
@@ -49,14 +56,20 @@ from saferule_ros.forget_messages import metrics_to_msgs, selector_from_msg, sel
 from saferule_ros.job_queue import JobQueue, QueuedJob
 from saferule_ros.params import ConfigError, declare_config
 from saferule_ros.spin import run_node
+from saferule_ros.topics import recorder_qos
 
 FORGET_SERVICE = "forget"
 UNLEARN_ACTION = "unlearn"
 STATE_FILE = "unlearning_server_state.json"
 INTERRUPTED_POLICIES = ("resume", "fail")
 MAX_DATASET_DEPTH = 3                       # how deep under data_root ledgers are looked for
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+REQUEST_ID_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_REQUEST_ID_CHARS - 1}}}$")
 SWAP_SHARE = 0.9                            # progress fraction of the job proper when swaps follow
+# Executor threads: a few for the action, the timer and taking requests, plus one per pending Forget
+# request (each waits in its thread; threads are started only when needed), so that a request past
+# the pending limit still finds a thread that answers it "busy".
+BASE_THREADS = 4
+MAX_PENDING_FORGET_BOUND = 256              # the largest max_pending_forget accepted
 
 
 @dataclass
@@ -71,6 +84,8 @@ class UnlearningServerConfig:
     default_method: str = "safe_rule"
     max_selector_entries: int = 10_000        # episode ids + robot ids + bag names in one selector
     max_queued: int = 16                      # goals waiting or running; more are rejected
+    request_queue_depth: int = 256            # requests (Forget, Unlearn goals) DDS holds until they are taken
+    max_pending_forget: int = 64              # Forget requests taken and not yet answered; more: "busy"
     unlearn_config_file: str = ""             # YAML of UnlearnConfig overrides; empty: defaults
     purge_after_unlearn: bool = False         # physically delete the episodes once unlearned
     on_interrupted: str = "resume"            # a job found interrupted at start: "resume" or "fail"
@@ -156,12 +171,16 @@ def dataset_path(data_root: Path, name: str) -> Path:
     """Where dataset `name` lies under `data_root` (resolved, symlinks included), whether or not it
     exists yet. RequestRefused for `..` or a path that resolves outside the root."""
     root = data_root.resolve()
+    check_dataset_name(name, RequestRefused)
     if "\x00" in name:
         raise RequestRefused("the dataset name contains a NUL byte")
     candidate = Path(name)
     if ".." in candidate.parts:
         raise RequestRefused(f"dataset {name!r}: '..' is not allowed; name a dataset under the data root {root}")
-    path = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    try:
+        path = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    except (OSError, RuntimeError) as err:   # RuntimeError: a symlink loop
+        raise RequestRefused(f"dataset {name!r}: cannot resolve it under the data root {root} ({err})") from None
     if not within(path, root):
         raise RequestRefused(f"dataset {name!r} resolves to {path}, outside the data root {root}")
     return path
@@ -170,7 +189,11 @@ def dataset_path(data_root: Path, name: str) -> Path:
 def resolve_dataset_dir(data_root: Path, name: str) -> Path:
     """`dataset_path`, which must also be a directory."""
     path = dataset_path(data_root, name)
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as err:
+        raise RequestRefused(f"dataset {name!r}: {err.strerror}") from None
+    if not is_dir:
         raise RequestRefused(f"dataset {name!r}: no such dataset directory under the data root {data_root.resolve()}")
     return path
 
@@ -188,6 +211,11 @@ class UnlearningServer(Node):
         self.unlearn_config = self._load_unlearn_config()
         self.queue = JobQueue(self.work_dir / STATE_FILE, str(Path(cfg.model_dir).expanduser()))
         self._forget_lock = threading.Lock()        # one request_forget at a time
+        self._ledgers: dict[Path, ForgetLedger] = {}  # by dataset directory; each reads only what was appended
+        self._ledgers_lock = threading.Lock()
+        self._forget_thread = ThreadPoolExecutor(1, thread_name_prefix="forget")   # FIFO, one at a time
+        self._pending_lock = threading.Lock()
+        self._pending_forget = 0                  # taken and not yet answered
         self._goals_lock = threading.Lock()
         self._goals: dict[bytes, _Goal] = {}        # by goal uuid
         self._stopping = threading.Event()
@@ -195,12 +223,15 @@ class UnlearningServer(Node):
         self.jobs_done = self.jobs_failed = 0
 
         self._recover()
+        self._warm_up()
         group = ReentrantCallbackGroup()
-        self.create_service(Forget, FORGET_SERVICE, self._on_forget, callback_group=MutuallyExclusiveCallbackGroup())
+        requests_qos = recorder_qos(cfg.request_queue_depth)   # reliable, volatile: the services default, deeper
+        self.create_service(Forget, FORGET_SERVICE, self._on_forget, qos_profile=requests_qos, callback_group=group)
         self.action_server = ActionServer(
             self, Unlearn, UNLEARN_ACTION, execute_callback=self._execute, goal_callback=self._on_goal,
             handle_accepted_callback=self._on_accepted, cancel_callback=lambda _goal: CancelResponse.ACCEPT,
-            callback_group=group)
+            callback_group=group, goal_service_qos_profile=requests_qos, result_service_qos_profile=requests_qos,
+            cancel_service_qos_profile=requests_qos)
         self.fleet = FleetClient(self, event_waiter, timeout_s=cfg.swap_timeout_s, callback_group=group)
         for robot in cfg.robots:
             self.fleet.swap_client(robot)   # created now so that discovery has begun by the first swap
@@ -212,7 +243,8 @@ class UnlearningServer(Node):
             f"serving {self.resolve_service_name(FORGET_SERVICE)} and {self.resolve_service_name(UNLEARN_ACTION)}: "
             f"data root {self.data_root}, default dataset {cfg.default_dataset or '(none)'}, model "
             f"{self.queue.current_model_dir}, registry {cfg.registry_dir}, robots {', '.join(cfg.robots) or '(none)'}, "
-            f"{len(self.queue.jobs())} jobs queued")
+            f"{len(self.queue.jobs())} jobs queued; request queue depth {cfg.request_queue_depth}, at most "
+            f"{cfg.max_pending_forget} Forget requests pending")
 
     # ----- configuration ---------------------------------------------------------------------
     def _check_config(self) -> None:
@@ -221,9 +253,12 @@ class UnlearningServer(Node):
             raise ConfigError(f"default_method {cfg.default_method!r}: expected one of {', '.join(self.api.methods)}")
         if cfg.on_interrupted not in INTERRUPTED_POLICIES:
             raise ConfigError(f"on_interrupted {cfg.on_interrupted!r}: expected one of {', '.join(INTERRUPTED_POLICIES)}")
-        for name in ("max_selector_entries", "max_queued"):
+        for name in ("max_selector_entries", "max_queued", "request_queue_depth", "max_pending_forget"):
             if getattr(cfg, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
+        if cfg.max_pending_forget > MAX_PENDING_FORGET_BOUND:
+            raise ConfigError(f"max_pending_forget {cfg.max_pending_forget}: at most {MAX_PENDING_FORGET_BOUND} "
+                              f"(each pending request waits in an executor thread)")
         if cfg.swap_timeout_s <= 0:
             raise ConfigError(f"swap_timeout_s must be > 0, got {cfg.swap_timeout_s}")
         if not Path(cfg.data_root).expanduser().is_dir():
@@ -238,6 +273,16 @@ class UnlearningServer(Node):
             if not path.is_dir():
                 self.get_logger().warning(f"default_dataset {path} does not exist yet; requests that name no "
                                           f"dataset are refused until it does")
+
+    def _warm_up(self) -> None:
+        """Open the default dataset once: the first open in a process imports pyarrow's pandas glue
+        (0.3-1 s here), which would otherwise hold up the first Forget request."""
+        if not self.config.default_dataset or not dataset_path(self.data_root, self.config.default_dataset).is_dir():
+            return   # _check_config has said so
+        try:
+            DatasetStore.open(self.dataset_dir(""))
+        except SafeRuleError as err:
+            self.get_logger().warning(f"default dataset: {err}")
 
     def _load_unlearn_config(self) -> Any:
         path = self.config.unlearn_config_file
@@ -258,6 +303,11 @@ class UnlearningServer(Node):
             raise RequestRefused("no dataset named and the server has no default_dataset")
         return resolve_dataset_dir(self.data_root, name)
 
+    def ledger(self, dataset_dir: Path) -> ForgetLedger:
+        """The server's ledger instance of a dataset (kept, so that it reads only what was appended)."""
+        with self._ledgers_lock:
+            return self._ledgers.setdefault(dataset_dir, ForgetLedger(dataset_dir))
+
     def _ledger_dirs(self) -> Iterator[Path]:
         """Dataset directories under the data root that hold a ledger (default dataset first)."""
         if self.config.default_dataset:
@@ -273,11 +323,12 @@ class UnlearningServer(Node):
                 d for d in dirnames if not d.startswith(".") and d != "shards")
 
     def find_request(self, request_id: str) -> tuple[Path, LedgerEntry]:
+        check_chars("request_id", request_id, MAX_REQUEST_ID_CHARS, RequestRefused)
         if not REQUEST_ID_PATTERN.match(request_id):
-            raise RequestRefused(f"malformed request id {request_id[:80]!r}")
+            raise RequestRefused(f"malformed request id {request_id!r}")
         for directory in self._ledger_dirs():
             try:
-                for entry in ForgetLedger(directory).entries():
+                for entry in self.ledger(directory).entries():
                     if entry.request_id == request_id:
                         return directory, entry
             except SafeRuleError as err:
@@ -290,8 +341,35 @@ class UnlearningServer(Node):
 
     # ----- Forget ------------------------------------------------------------------------------
     def _on_forget(self, request: Forget.Request, response: Forget.Response) -> Forget.Response:
+        """Check the fields at once; wait (in this executor thread) for the thread that records."""
         try:
-            self._forget(request, response)
+            selector = self._check_forget(request)
+        except SafeRuleError as err:
+            return self._refuse(response, str(err))
+        limit = self.config.max_pending_forget
+        with self._pending_lock:
+            busy = self._pending_forget >= limit
+            self._pending_forget += 0 if busy else 1
+        if busy:
+            return self._refuse(response, f"busy: {limit} Forget requests are already pending (the limit, "
+                                          f"max_pending_forget); nothing was recorded, send it again later")
+        try:
+            return self._forget_thread.submit(self._answer_forget, request, selector).result()
+        except (CancelledError, RuntimeError):   # RuntimeError: submitted after the shutdown
+            return self._refuse(response, "the server is stopping; nothing was recorded")
+        finally:
+            with self._pending_lock:
+                self._pending_forget -= 1
+
+    def _check_forget(self, request: Forget.Request) -> ForgetSelector:
+        check_request_text(request.requester, request.reason, RequestRefused)
+        check_dataset_name(request.dataset, RequestRefused)
+        return selector_from_msg(request.selector, self.config.max_selector_entries)
+
+    def _answer_forget(self, request: Forget.Request, selector: ForgetSelector) -> Forget.Response:
+        response = Forget.Response()
+        try:
+            self._forget(request, selector, response)
         except SafeRuleError as err:
             self._refuse(response, str(err))
         except Exception as err:  # a bug must not take the node down; the caller still gets an answer
@@ -299,13 +377,13 @@ class UnlearningServer(Node):
             self._refuse(response, f"internal error: {type(err).__name__}: {err}")
         return response
 
-    def _refuse(self, response: Forget.Response, message: str) -> None:
+    def _refuse(self, response: Forget.Response, message: str) -> Forget.Response:
         response.accepted, response.request_id, response.message = False, "", message
         response.matched_episode_ids, response.matched_transitions = [], 0
         self.get_logger().warning(f"Forget refused: {message}")
+        return response
 
-    def _forget(self, request: Forget.Request, response: Forget.Response) -> None:
-        selector = selector_from_msg(request.selector, self.config.max_selector_entries)
+    def _forget(self, request: Forget.Request, selector: ForgetSelector, response: Forget.Response) -> None:
         dataset_dir = self.dataset_dir(request.dataset)
         label = self._relative(dataset_dir) or "."
         if request.dry_run:
@@ -333,7 +411,8 @@ class UnlearningServer(Node):
             raise RequestRefused("a forget request needs a reason (it is kept in the ledger)")
         with self._forget_lock:
             store = DatasetStore.open(dataset_dir)
-            return request_forget(store, selector, requester=requester.strip() or "ros", reason=reason.strip())
+            return request_forget(store, selector, requester=requester.strip() or "ros", reason=reason.strip(),
+                                  ledger=self.ledger(dataset_dir))
 
     # ----- Unlearn: admission ------------------------------------------------------------------
     def _on_goal(self, goal: Unlearn.Goal) -> GoalResponse:
@@ -361,6 +440,8 @@ class UnlearningServer(Node):
 
     def _admit(self, pending: _Goal) -> None:
         goal: Unlearn.Goal = pending.handle.request
+        check_chars("method", goal.method, MAX_METHOD_CHARS, RequestRefused)
+        check_chars("request_id", goal.request_id, MAX_REQUEST_ID_CHARS, RequestRefused)
         method = goal.method.strip() or self.config.default_method
         if method not in self.api.methods:
             raise RequestRefused(f"unknown method {method!r}; methods: {', '.join(self.api.methods)}")
@@ -540,7 +621,7 @@ class UnlearningServer(Node):
         for job in self.queue.jobs():
             try:
                 dataset_dir = resolve_dataset_dir(self.data_root, job.dataset)
-                ledger = ForgetLedger(dataset_dir)
+                ledger = self.ledger(dataset_dir)
                 entry = ledger.get(job.request_id)
             except SafeRuleError as err:
                 self.get_logger().error(f"dropping queued {job.request_id}: {err}")
@@ -566,6 +647,7 @@ class UnlearningServer(Node):
                 self.get_logger().info(f"{job.request_id} is still queued ({entry.state.value})")
 
     def close(self) -> None:
+        self._forget_thread.shutdown(wait=True, cancel_futures=True)
         self._stopping.set()
         self._wakeup.set()
         self._worker.join()
@@ -585,7 +667,7 @@ def main(args: Sequence[str] | None = None, job_api: JobApi | None = None) -> in
         return UnlearningServer(job_api=job_api)
 
     make_node.__name__ = "unlearning_server"
-    return run_node(make_node, args, threads=4)
+    return run_node(make_node, args, threads=BASE_THREADS + MAX_PENDING_FORGET_BOUND)
 
 
 if __name__ == "__main__":
