@@ -64,3 +64,34 @@ def test_log_diagnosis_names_unreachable_registry(tmp_path: Path, monkeypatch: p
                    "'NewConnectionError(...: Failed to establish a new connection')\n")
     monkeypatch.setattr(setup_env, "LOG", log)
     assert setup_env.diagnose_log() == "the package registry is unreachable"
+
+
+def test_no_launch_tooling_folder_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    setup_env = load_setup_module()
+    monkeypatch.setattr(setup_env, "LAUNCH_CLI", tmp_path / "absent")
+    monkeypatch.setattr(setup_env, "pip", lambda *args: pytest.fail("nothing to install"))
+    setup_env.install_launch_tooling()
+    assert "will skip" in capsys.readouterr().out
+    assert setup_env.workspace_source_dirs() == [setup_env.WS / "src"]
+
+
+def test_launch_tooling_is_installed_once_and_built_with_the_workspace(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    setup_env = load_setup_module()
+    vendor = tmp_path / "ros2-launch-cli"
+    (vendor / "wheels").mkdir(parents=True)
+    (vendor / "wheels" / "launch-3.4.3-py3-none-any.whl").write_bytes(b"wheel")
+    (vendor / "src" / "composition_interfaces").mkdir(parents=True)
+    venv_stamp = tmp_path / "venv-stamp"
+    venv_stamp.write_text("venv")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(setup_env, "LAUNCH_CLI", vendor)
+    monkeypatch.setattr(setup_env, "VENV_STAMP", venv_stamp)
+    monkeypatch.setattr(setup_env, "LAUNCH_STAMP", tmp_path / "launch-stamp")
+    monkeypatch.setattr(setup_env, "pip", lambda args, what: calls.append(args))
+    setup_env.install_launch_tooling()
+    setup_env.install_launch_tooling()
+    assert len(calls) == 1 and calls[0][:2] == ["install", "--no-deps"]
+    assert str(vendor / "wheels" / "launch-3.4.3-py3-none-any.whl") in calls[0]
+    assert setup_env.workspace_source_dirs() == [setup_env.WS / "src", vendor / "src"]

@@ -6,9 +6,12 @@ Steps (each skipped when its inputs have not changed since the last run):
   2. `.venv` with the pinned dependencies (requirements/*.txt under requirements/constraints.txt),
      safety-gymnasium patched to import on Python 3.11, saferule installed editable;
   3. the CMake path fix for the ROS 2 wheels (they point at the build farm's Python/numpy);
-  4. the loopback guard the tests run under (tools/loopback_guard.c);
-  5. colcon build of ros2_ws into ros2_ws/install, made importable from `.venv/bin/python`
-     through a .pth file and an RPATH (no sourcing needed).
+  4. where ../shared/vendor/ros2-launch-cli exists: ROS 2's launch and the `ros2` command as test
+     tooling (its wheels, plus osrf-pycommon and psutil from requirements/launch-tooling.txt);
+  5. the loopback guard the tests run under (tools/loopback_guard.c);
+  6. colcon build of ros2_ws (and of the vendor folder's composition_interfaces, which launch_ros
+     imports) into ros2_ws/install, made importable from `.venv/bin/python` through a .pth file
+     and an RPATH (no sourcing needed).
 
 Every failure ends in one sentence naming what is missing; the full tool output is in
 `.setup.log`.
@@ -38,6 +41,11 @@ SITE = VENV / "lib" / f"python{PY_TAG}" / "site-packages"
 VENV_STAMP = VENV / ".saferule-setup-stamp"
 WS_STAMP = WS / "install" / ".saferule-build-stamp"
 BUILD_FARM_PREFIX = "/opt/python/cp311-cp311"
+# ROS 2's launch, launch_ros and ros2cli (not on any registry here), laid beside the repository;
+# a ROS 2 install has its own, so without this folder only the tests that need them skip.
+LAUNCH_CLI = ROOT.parent / "shared" / "vendor" / "ros2-launch-cli"
+LAUNCH_REQ = REQ / "launch-tooling.txt"
+LAUNCH_STAMP = VENV / ".saferule-launch-tooling-stamp"
 
 
 class SetupError(Exception):
@@ -85,7 +93,7 @@ def diagnose_log() -> str:
 def digest(paths: list[Path], extra: str = "") -> str:
     h = hashlib.sha256(extra.encode())
     for path in sorted(paths):
-        h.update(str(path.relative_to(ROOT)).encode())
+        h.update(os.path.relpath(path, ROOT).encode())  # vendor files lie outside ROOT
         h.update(path.read_bytes())
     return h.hexdigest()
 
@@ -201,6 +209,33 @@ def setup_venv(base_python: str) -> None:
     VENV_STAMP.write_text(want)
 
 
+def launch_cli_wheels() -> list[Path]:
+    return sorted((LAUNCH_CLI / "wheels").glob("*.whl"))
+
+
+def install_launch_tooling() -> None:
+    """`ros2 launch`, `ros2 service call` & co. for the tests: the vendor folder's wheels (no deps:
+    rclpy and the messages come from the Kilted wheels) and their two PyPI dependencies."""
+    wheels = launch_cli_wheels()
+    if not wheels:
+        log(f"no ROS 2 launch/CLI wheels in {LAUNCH_CLI}: the tests of `ros2 launch` and the ros2 CLI will skip")
+        return
+    want = digest([*wheels, LAUNCH_REQ], extra=VENV_STAMP.read_text())
+    if LAUNCH_STAMP.exists() and LAUNCH_STAMP.read_text() == want:
+        log("ROS 2 launch tooling up to date")
+        return
+    log("installing ROS 2 launch and the ros2 command (test tooling)")
+    pip(["install", "--no-deps", *map(str, wheels), "-r", str(LAUNCH_REQ)],
+        "installing ROS 2 launch and the ros2 command")
+    LAUNCH_STAMP.write_text(want)
+
+
+def workspace_source_dirs() -> list[Path]:
+    """ros2_ws/src, and the vendor folder's interface packages when it exists."""
+    vendor = LAUNCH_CLI / "src"
+    return [WS / "src", *([vendor] if vendor.is_dir() else [])]
+
+
 def link_workspace_into_venv(install: Path) -> None:
     """Make `.venv/bin/python` see the workspace without sourcing install/setup.sh.
 
@@ -218,7 +253,9 @@ def link_workspace_into_venv(install: Path) -> None:
 
 
 def build_workspace() -> None:
-    sources = tree_files(WS / "src") + tree_files(ROOT / "launch")  # launch/ is symlinked into saferule_ros
+    source_dirs = workspace_source_dirs()
+    # launch/ is symlinked into saferule_ros
+    sources = [path for base in (*source_dirs, ROOT / "launch") for path in tree_files(base)]
     want = digest(sources, extra=VENV_STAMP.read_text())
     if WS_STAMP.exists() and WS_STAMP.read_text() == want:
         log("ros2_ws up to date")
@@ -235,7 +272,7 @@ def build_workspace() -> None:
     )
     env.pop("PYTHONPATH", None)
     run([str(VENV / "bin" / "colcon"), "--log-base", str(WS / "log"), "build",
-         "--base-paths", str(WS / "src"), "--build-base", str(WS / "build"),
+         "--base-paths", *map(str, source_dirs), "--build-base", str(WS / "build"),
          "--install-base", str(install), "--merge-install",
          "--event-handlers", "console_direct-",
          "--cmake-args", f"-DPython3_EXECUTABLE={VENV_PY}", f"-DCMAKE_INSTALL_RPATH={install / 'lib'}",
@@ -264,6 +301,7 @@ def main() -> int:
         base_python = find_python311()
         check_compiler()
         setup_venv(base_python)
+        install_launch_tooling()
         build_workspace()
         build_loopback_guard()
     except SetupError as err:
