@@ -17,6 +17,7 @@ directories: eval, export and unlearn load them unchanged.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -87,10 +88,10 @@ class LearnerStack:
             optimizers[opt_name] = stacked_opt
         controllers = {}
         for name, controller in first.controllers.items():
-            stacked = type(controller).__new__(type(controller))
-            stacked.__dict__.update({k: v for k, v in controller.__dict__.items() if k != "_buffers"})
-            stacked._buffers = {b: torch.stack([s.controllers[name].get_buffer(b) for s in states])
-                                for b in controller._buffers}
+            stacked = copy.deepcopy(controller)       # same settings; every buffer gets the model axis
+            for buffer_name, _ in controller.named_buffers():
+                stacked.register_buffer(buffer_name, torch.stack([s.controllers[name].get_buffer(buffer_name)
+                                                                  for s in states]))
             controllers[name] = stacked
         return ModelState(params=params, optimizers=optimizers, controllers=controllers, models=len(states))
 
@@ -116,7 +117,7 @@ class LearnerStack:
                 for name, tensor in tensors.items():
                     own.params[net][name].copy_(tensor[k])
             for name, controller in self.state.controllers.items():
-                for buffer_name, buffer in controller._buffers.items():
+                for buffer_name, buffer in controller.named_buffers():
                     own.controllers[name].get_buffer(buffer_name).copy_(buffer[k])
             for name, state_dict in stacked_opts.items():
                 own.optimizers[name].load_state_dict(_slice_optimizer_state(state_dict, k))
