@@ -45,6 +45,18 @@ def test_a_teardown_that_finishes_is_not_cut_off() -> None:
     assert "did not finish" not in done.stderr
 
 
+def test_a_node_process_ends_without_finalization_but_with_its_exit_handlers_and_output() -> None:
+    ending = ("import atexit, sys\n"
+              "from saferule_ros.spin import _end_process\n"
+              "atexit.register(lambda: print('exit handler ran'))\n"
+              "print('buffered', end='; ')\n"
+              "print('to stderr', end='', file=sys.stderr)\n"
+              "_end_process(3)\n"
+              "raise SystemExit(7)\n")
+    done = subprocess.run([sys.executable, "-c", ending], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "buffered; exit handler ran\n", "to stderr")
+
+
 def test_stop_signals_note_a_burst_and_break_only_a_callback_that_does_not_return() -> None:
     from saferule_ros.spin import STOP_SIGNALS, STUCK_CALLBACK_S, StopSignals
 

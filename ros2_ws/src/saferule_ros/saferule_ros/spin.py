@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -9,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import NoReturn
 
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
@@ -98,14 +102,28 @@ def _teardown(executor: Executor, node: Node | None, status: int) -> None:
     watchdog.cancel()
 
 
-def run_node(make_node: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 4) -> int:
+def _end_process(status: int) -> NoReturn:
+    """Exit at once, without the interpreter's finalization: the node has closed and torn down, and
+    the final garbage collection of a node's heap (torch, pybullet, ...) took seconds when a whole
+    launched fleet stopped together on a busy machine, past launch's SIGTERM and SIGKILL. Exit
+    handlers still run and buffered output (Python's and C's, where rcutils logs) is flushed."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)
+    os._exit(status)
+
+
+def run_node(make_node: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 4) -> NoReturn:
     """Init rclpy with `args` (ROS arguments included), spin the node until SIGINT/SIGTERM, clean up.
 
     rclpy's own signal handlers are left out so that the context is still valid when the node's
     `close()` (if it has one: flush, join threads, log totals) runs after spinning stops; then the
     executor is shut down before rclpy (see StopSignals for what further signals do). A stopped node
     exits 0; a configuration error ends the process with one line on stderr and exit status 2.
-    Meant to be the process's last act: SIGINT and SIGTERM stay ignored after it returns.
+    It is the process's last act: it ends the process with that status (see _end_process).
     """
     stop = StopSignals()
     stop.install()
@@ -138,4 +156,4 @@ def run_node(make_node: Callable[[], Node], args: Sequence[str] | None = None, t
         finally:
             _teardown(executor, node, status)
             stop.ignore_from_now_on()
-    return status
+    _end_process(status)
