@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         parser.error(str(err))
 
+    stamped = stamp(argv)           # at the start: the code that trains is the code stamped
     spec = get_task(args.task)
     dataset = dataset_for(args.task, args.data_seed)
     costs, returns = dataset.episode_cost_returns(), dataset.episode_returns()
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     for attack in args.attacks:
         summary[attack]["attack_worked"] = sum(1 for m in models if m["kind"] == attack and not m["safe"]
                                                and m["label"].split("-s")[1] in clean_safe)
-    payload = {**stamp(argv), "task": args.task, "algo": args.algo, "settings": overrides, "steps": args.steps,
+    payload = {**stamped, "task": args.task, "algo": args.algo, "settings": overrides, "steps": args.steps,
                "batch_size": args.batch_size, "seeds": args.seeds, "data_seed": args.data_seed,
                "eval_episodes": args.episodes, "eval_random_start_steps": spec.eval_random_start_steps,
                "behaviour_reward_under_limit": behaviour_reward, "train_seconds": train_s,
