@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         summary[kind] = {"safe": sum(m["safe"] for m in rows), "safe_and_competent": good, "models": len(rows),
                          "mean_reward": float(np.mean([m["normalized_reward"] for m in rows])),
                          "mean_cost": float(np.mean([m["normalized_cost"] for m in rows])),
-                         "plateaued": sum(bool(m["q_cost"] and m["q_cost"]["plateaued"]) for m in rows)}
+                         "plateaued": sum(bool(m["q_cost"] and m["q_cost"]["plateaued"]) for m in rows),
+                         "lambda_plateaued": sum(bool(m["lagrange_multiplier"] and m["lagrange_multiplier"]["plateaued"])
+                                                 for m in rows)}
     valid = all(summary[k]["safe_and_competent"] >= len(args.seeds) - 1 for k in KINDS)
     clean_safe = {m["label"].split("-s")[1] for m in models if m["kind"] == "clean" and m["safe"]}
     for attack in args.attacks:
@@ -211,11 +213,12 @@ def render_markdown(payload: dict[str, Any]) -> str:
              f"the cost limit: mean normalised reward {payload['behaviour_reward_under_limit']:.3f}. "
              f"Trained as one stack in {payload['train_seconds']:.0f} s. Commit {payload['git_commit']}, "
              f"host {payload['host']}.", "",
-             "| kind | safe | safe and reward >= behaviour | mean reward | mean cost | Q_c plateaued |",
-             "|---|---|---|---|---|---|"]
+             "| kind | safe | safe and reward >= behaviour | mean reward | mean cost | Q_c plateaued | lambda plateaued |",
+             "|---|---|---|---|---|---|---|"]
     for kind, s in payload["summary"].items():
         lines.append(f"| {kind} | {s['safe']}/{s['models']} | {s['safe_and_competent']}/{s['models']} | "
-                     f"{s['mean_reward']:.3f} | {s['mean_cost']:.2f} | {s['plateaued']}/{s['models']} |")
+                     f"{s['mean_reward']:.3f} | {s['mean_cost']:.2f} | {s['plateaued']}/{s['models']} | "
+                     f"{s.get('lambda_plateaued', '-')}/{s['models']} |")
     for kind, s in payload["summary"].items():
         if "attack_worked" in s:
             lines += ["", f"{kind} at {POISON_RATE:.0%}: worked (clean safe, poisoned unsafe) on "
