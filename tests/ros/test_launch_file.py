@@ -39,7 +39,7 @@ from rosbags.rosbag2 import Reader
 
 from saferule_ros.bringup import PACKAGE, FleetArgs, fleet_nodes, launch_arguments
 from saferule_ros.processes import CHILD_ENVIRONMENT
-from tests.ros.ros_harness import REPO_ROOT, probe_node, spin_until
+from tests.ros.ros_harness import REPO_ROOT
 
 LAUNCH_FILE = REPO_ROOT / "launch" / "unlearn.launch.py"
 SETUP_PY = REPO_ROOT / "ros2_ws" / "src" / "saferule_ros" / "setup.py"
@@ -313,14 +313,26 @@ def expected_nodes(robots: int, **fleet: Any) -> set[str]:
     return {f"/{spec.label}" for spec in fleet_nodes(FleetArgs(robots=robots, **fleet))}
 
 
-def wait_until_on_dds(launch: Launch, names: set[str]) -> None:
-    """Every node has joined the graph: past rclpy.init, so its own SIGINT handling is installed."""
-    with probe_node("launch_probe") as (node, executor):
-        def all_up() -> bool:
+def ros2_until(tmp_path: Path, arguments: tuple[str, ...], done: Callable[[str], bool], timeout: float = 60.0,
+               launch: Launch | None = None) -> subprocess.CompletedProcess[str]:
+    """`ros2 ARGUMENTS` until `done(its stdout)` or `timeout`: without the daemon each call discovers
+    the graph anew, and on a busy machine one call's spin time may not see all of it. The last call."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = ros2(tmp_path, *arguments)
+        if (result.returncode == 0 and done(result.stdout)) or time.monotonic() > deadline:
+            return result
+        if launch is not None:
             assert launch.proc.poll() is None, f"ros2 launch exited ({launch.proc.returncode}):\n{launch.text()}"
-            return names <= {f"{ns.rstrip('/')}/{name}" for name, ns in node.get_node_names_and_namespaces()}
 
-        spin_until(executor, all_up, f"every launched node on DDS ({', '.join(sorted(names))})", timeout=START_WAIT_S)
+
+def wait_until_on_dds(tmp_path: Path, launch: Launch, names: set[str]) -> None:
+    """`ros2 node list` shows every node: each is past rclpy.init, so its own SIGINT handling is
+    installed. (Asked from a child process: a probe node in the test process itself once crashed
+    it, with a segmentation fault in rclpy's destroy_node while a fleet was on the graph.)"""
+    listed = ros2_until(tmp_path, ("node", "list", "--no-daemon", "--spin-time", "2"),
+                        lambda out: names <= set(out.split()), timeout=START_WAIT_S, launch=launch)
+    assert names <= set(listed.stdout.split()), f"not every node on DDS:\n{listed.stdout}{listed.stderr}"
 
 
 def assert_stopped_cleanly(launch: Launch, signalled_at: float, pids: set[int]) -> None:
@@ -377,7 +389,7 @@ def test_ctrl_c_stops_every_launched_node_cleanly(tmp_path: Path, trial: int) ->
     want = expected_nodes(2, data_root=str(tmp_path / "fleet"), behaviour_drivers=True, compromised_robot="robot_2")
     with launched(tmp_path, *arguments) as launch:
         pids = set(launch.started_nodes(len(want)))
-        wait_until_on_dds(launch, want)
+        wait_until_on_dds(tmp_path, launch, want)
         # recorded steps from both robots before the stop, so the bag has something to close
         launch.wait_for(lambda: any(int(n) > 0 for n in WRITTEN.findall(launch.text())),
                         "the recorder's first written messages")
@@ -391,17 +403,6 @@ FORGET_DRY_RUN = ("service", "call", "/forget", "saferule_interfaces/srv/Forget"
 FORGET_RESPONSE = re.compile(r"Forget_Response\(accepted=(?P<accepted>True|False), .*message=(?P<q>['\"])(?P<message>.+)(?P=q)\)")
 
 
-def ros2_until(tmp_path: Path, arguments: tuple[str, ...], done: Callable[[str], bool],
-               tries: int = 5) -> subprocess.CompletedProcess[str]:
-    """`ros2 ARGUMENTS` until `done(its stdout)`: without the daemon each call discovers the graph
-    anew, and on a busy machine one call's spin time may not see all of it. The last call."""
-    for _ in range(tries):
-        result = ros2(tmp_path, *arguments)
-        if result.returncode == 0 and done(result.stdout):
-            break
-    return result
-
-
 @needs_launch
 @pytest.mark.ros
 def test_the_readmes_ros2_commands_answer_on_a_launched_fleet(tmp_path: Path) -> None:
@@ -410,11 +411,7 @@ def test_the_readmes_ros2_commands_answer_on_a_launched_fleet(tmp_path: Path) ->
     want = expected_nodes(3, data_root=str(tmp_path / "fleet"))
     with launched(tmp_path, "robots:=3", "task:=BallRun") as launch:   # the README's launch command
         pids = set(launch.started_nodes(len(want)))
-        wait_until_on_dds(launch, want)
-
-        listed = ros2_until(tmp_path, ("node", "list", "--no-daemon", "--spin-time", "3"),
-                            lambda out: want <= set(out.split()))
-        assert want <= set(listed.stdout.split()), listed.stdout + listed.stderr
+        wait_until_on_dds(tmp_path, launch, want)   # `ros2 node list` lists every node
 
         # No dataset exists yet (nothing was turned into one): the server's own refusal, not a timeout.
         forget = ros2(tmp_path, *FORGET_DRY_RUN)
