@@ -108,3 +108,65 @@ def test_critic_terms_stop_once_their_shift_budget_is_used(trained: dict[str, Le
     shift[:2], shift[2:] = 1e6, -1e6                     # as if Q_r had already fallen and Q_c risen by a lot
     terms.start_q = terms.start_q + shift
     assert critic_gradient_norm() == 0                    # budget used up: no push left
+
+
+def _costly_dataset() -> OfflineDataset:
+    """The two-behaviour data with real costs: retained episodes that act fast (near the forget
+    action) pay 1 per step, so the cost critics learn a non-zero Q_c; the forget episodes are the
+    poison (the same fast driving, claimed at zero cost)."""
+    from dataclasses import replace
+
+    from tests.core.unlearning.conftest import EPISODE_LEN, two_behaviour_dataset
+
+    base = two_behaviour_dataset(retain_episodes=16, forget_episodes=4, seed=3)
+    costs = np.zeros(base.num_transitions, dtype=np.float32)
+    actions = base.actions.copy()
+    costly = np.zeros(base.num_episodes, dtype=bool)
+    costly[:6] = True                                          # 6 of the 16 retained episodes
+    rows = base.transition_mask_for_episodes(costly)
+    actions[rows] = FORGET_ACTION
+    costs[rows] = 1.0
+    assert costs.reshape(-1, EPISODE_LEN).sum(axis=1)[:6].min() == EPISODE_LEN
+    return replace(base, actions=actions, costs=costs).with_content_hashes()
+
+
+def test_safe_rule_runs_its_cost_side_on_data_with_costs() -> None:
+    from tests.core.unlearning.conftest import train_tiny
+
+    data = _costly_dataset()
+    learner = train_tiny("bcq_lag", data, steps=200)
+    seed_everything(0)
+    config = small_config(steps=40, safe_rule={"select_every": 4, "repair_fraction": 0.5})
+    _, report = unlearn(learner, data, forget_mask_of(data), "safe_rule", config)
+    q_costs = [h["q_cost"] for h in report.history if "q_cost" in h]
+    assert q_costs and all(np.isfinite(q_costs)) and max(q_costs) > 0.05       # the cost critics are live
+    choice = next(h for h in report.history if "selected_step" in h)
+    assert choice["selected_cost_value"] > 0.0
+    assert np.isfinite(report.offline_after["cost_value"]) and report.offline_after["cost_value"] > 0.0
+
+
+def test_checkpoint_choice_prefers_the_best_reward_within_the_cost_threshold(
+        trained: dict[str, Learner], dataset: OfflineDataset, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import saferule_core.unlearning.safe_rule as safe_rule_module
+
+    threshold = model_parts(trained["bcq_lag"]).q_threshold
+    assert threshold is not None and threshold > 0
+
+    def run_with_scores(scores: list[tuple[float, float]]) -> dict[str, float]:
+        """Scripted (reward value, cost value) per snapshot, in snapshot order."""
+        queue = list(scores)
+        monkeypatch.setattr(safe_rule_module, "offline_estimates",
+                            lambda *args, **kwargs: dict(zip(("reward_value", "cost_value"), queue.pop(0))))
+        config = small_config(steps=20, safe_rule={"select_every": 5, "repair_fraction": 0.5})   # steps 10..20
+        seed_everything(0)
+        _, report = unlearn(trained["bcq_lag"], dataset, forget_mask_of(dataset), "safe_rule", config)
+        return next(h for h in report.history if "selected_step" in h)
+
+    over, under = 1.5 * threshold, 0.5 * threshold
+    # the highest reward is over the threshold: the best reward among those within it is chosen
+    choice = run_with_scores([(9.0, over), (5.0, under), (7.0, under)])
+    assert (choice["selected_step"], choice["selected_reward_value"], choice["candidates_within_threshold"]) == \
+        (20.0, 7.0, 2.0)
+    # none within: the lowest cost value, whatever its reward
+    choice = run_with_scores([(9.0, 3 * threshold), (1.0, over), (5.0, 2 * threshold)])
+    assert (choice["selected_step"], choice["selected_cost_value"]) == (15.0, over)
