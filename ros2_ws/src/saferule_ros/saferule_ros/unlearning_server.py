@@ -201,9 +201,11 @@ def resolve_dataset_dir(data_root: Path, name: str) -> Path:
 class UnlearningServer(Node):
     def __init__(self, node_name: str = "unlearning_server", job_api: JobApi | None = None,
                  **kwargs: object) -> None:
+        # torch is imported before the node joins the graph: a node that others can see is one that
+        # answers, and stops at once when told (a stop signal during the import waits for it)
+        self.api = job_api or real_job_api()
         super().__init__(node_name, **kwargs)  # type: ignore[arg-type]
         cfg = self.config = declare_config(self, UnlearningServerConfig)
-        self.api = job_api or real_job_api()
         self._check_config()
         self.data_root = Path(cfg.data_root).expanduser().resolve()
         self.work_dir = Path(cfg.work_dir).expanduser()
