@@ -15,6 +15,13 @@ Three measurements, every node a real process talking Fast DDS on loopback:
   recorder  a publisher sends Float32MultiArray observations (7 floats + step key) at a robot's
             topic, paced at 5,000 and 10,000 msg/s and then as fast as it can, while the recorder
             records; then published vs in the bag (no loss expected) and the recorded rate.
+  churn     right after the control run, `--churn` s of DDS graph churn around the same loop
+            (saferule_ros.graph_churn: a participant joining every second and leaving 3 s later, half
+            of them killed with SIGKILL, and a service server killed and restarted every third one).
+            For both phases a watcher process (saferule_ros.action_gaps) records every action's send
+            and arrival time: the longest gap between consecutive actions and the deadline misses
+            counted from outside (gaps over two control periods), next to the runner's own count (a
+            tick that never runs is never timed by the runner).
   import    the bags of the control run -> dataset (saferule_core.data.from_bags) against plain
             `rosbags` reading (iterate + deserialize every message) of the same bags.
 
@@ -23,8 +30,9 @@ recorded with them.
 
     ROS_DOMAIN_ID=45 .venv/bin/python benchmarks/control_loop.py            # ~5 minutes
     ROS_DOMAIN_ID=45 .venv/bin/python benchmarks/control_loop.py --duration 10 --swaps 3   # smoke
+    ROS_DOMAIN_ID=45 .venv/bin/python benchmarks/control_loop.py --quick   # control + churn only, ~1 minute
 
-Writes benchmarks/results/control_loop.json and control_loop.md.
+Writes benchmarks/results/control_loop.json and control_loop.md (--quick: control_loop_quick.*).
 """
 
 from __future__ import annotations
@@ -65,9 +73,11 @@ from saferule_core.artifacts.signing import generate_keypair, load_signing_key  
 from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
 from saferule_interfaces.msg import PolicyStatus  # noqa: E402
+from saferule_ros.action_gaps import MISS_PERIODS, ActionStamps, watching_actions  # noqa: E402
 from saferule_ros.bringup import NodeSpec, share_dir  # noqa: E402
 from saferule_ros.conversions import array_of, float32_array, label_of  # noqa: E402
 from saferule_ros.fleet_client import FleetClient, event_waiter  # noqa: E402
+from saferule_ros.graph_churn import ChurnSettings, graph_churn  # noqa: E402
 from saferule_ros.processes import FleetProcesses  # noqa: E402
 from saferule_ros.topics import STREAM_QOS  # noqa: E402
 
@@ -86,6 +96,8 @@ class Settings:
     duration_s: float = 60.0
     rate_hz: float = 100.0
     swaps: int = 10
+    churn_s: float = 20.0                                      # graph churn after the control run
+    control_only: bool = False                                 # --quick: no recorder bursts, no import
     burst_rates: tuple[float, ...] = (5000.0, 10000.0, 0.0)   # 0: as fast as the publisher can
     burst_max_messages: int = 60_000
     import_repeats: int = 3
@@ -317,16 +329,21 @@ def run_control(settings: Settings, work: Path) -> dict[str, Any]:
             str(config / "recorder.yaml"), {"robots": [ROBOT], "out_dir": str(work / "bags")})),
     ]
     swaps: list[SwapRecord] = []
+    phases: dict[str, tuple[int, int, PolicyStatus, PolicyStatus]] = {}   # name -> wall ns span, status at ends
     with FleetProcesses(specs, echo=None, log_dir=work / "logs") as processes, \
-            observer_node("bench_observer") as (node, _executor):
+            observer_node("bench_observer") as (node, _executor), \
+            watching_actions(f"/{ROBOT}/action", work / "action_stamps.json") as watch:
         observer = Observer(node)
         client = FleetClient(node, event_waiter, timeout_s=10.0)
         wait_for(lambda: observer.status is not None and observer.status.active_version == "v0001"
                  and observer.actions > settings.rate_hz, "the loop running v0001", processes)
-        start_ticks, start_misses = observer.status.ticks, observer.status.deadline_misses  # type: ignore[union-attr]
+        watch.wait_ready()
+        start_status = observer.status
+        assert start_status is not None
+        start_ticks, start_misses = start_status.ticks, start_status.deadline_misses
         observer.obs_times.clear()
         observer.obs_to_action_s.clear()
-        began = time.monotonic()
+        began, began_ns = time.monotonic(), time.time_ns()
         interval = settings.duration_s / (settings.swaps + 1)
         for index in range(1, settings.swaps + 1):
             while time.monotonic() < began + index * interval:
@@ -351,6 +368,9 @@ def run_control(settings: Settings, work: Path) -> dict[str, Any]:
         assert status is not None
         obs_intervals = np.diff(np.asarray(observer.obs_times))
         obs_to_action = percentiles_us(observer.obs_to_action_s)
+        phases["control"] = (began_ns, began_ns + int(elapsed * 1e9), start_status, status)
+        if settings.churn_s > 0:
+            phases["churn"] = run_churn_phase(settings, processes, observer)
         processes.stop()
         logs = {label: (work / "logs" / f"{label.replace('/', '.')}.log").read_text(errors="replace")
                 for label in processes.nodes}
@@ -373,7 +393,38 @@ def run_control(settings: Settings, work: Path) -> dict[str, Any]:
         "swap_answer_ms": percentiles_ms([s.answered_s for s in swaps]),
         "swap_to_first_new_action_ms": percentiles_ms([s.first_new_action_s for s in swaps]),
         "bags": [str(p) for p in sorted((work / "bags").glob("*")) if (p / "metadata.yaml").exists()],
+        "outside": {name: outside_view(watch.stamps, span, settings.rate_hz) for name, span in phases.items()},
     }
+
+
+def run_churn_phase(settings: Settings, processes: FleetProcesses,
+                    observer: Observer) -> tuple[int, int, PolicyStatus, PolicyStatus]:
+    """`churn_s` s of graph churn around the running loop; (wall ns span, runner status before, after)."""
+    before = observer.status
+    assert before is not None
+    print(f"graph churn for {settings.churn_s:g} s ...", flush=True)
+    began = time.time_ns()
+    with graph_churn(ChurnSettings(robot=f"/{ROBOT}")) as churn:
+        deadline = time.monotonic() + settings.churn_s
+        while time.monotonic() < deadline:
+            processes.check_alive()
+            time.sleep(0.05)
+    ended = time.time_ns()
+    time.sleep(1.5)   # one more PolicyStatus
+    after = observer.status
+    assert after is not None
+    print(f"churn: {churn.joiners_started} participants joined, "
+          f"{sum(1 for _, what in churn.events if what == 'SIGKILL server')} server kills", flush=True)
+    return began, ended, before, after
+
+
+def outside_view(stamps: ActionStamps, span: tuple[int, int, PolicyStatus, PolicyStatus],
+                 rate_hz: float) -> dict[str, Any]:
+    """The watcher's gaps over one phase, next to the runner's own tick and miss counts over it."""
+    began, ended, before, after = span
+    return {"seconds": (ended - began) / 1e9, **stamps.window(began, ended).summary(1.0 / rate_hz),
+            "runner_ticks": int(after.ticks - before.ticks),
+            "runner_deadline_misses": int(after.deadline_misses - before.deadline_misses)}
 
 
 def percentiles_ms(values: list[float]) -> dict[str, float]:
@@ -507,8 +558,28 @@ def run_import(settings: Settings, bags: list[str]) -> dict[str, Any]:
 
 # ----- report ------------------------------------------------------------------------------------
 
+def outside_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Per phase: the longest gap between actions and the misses seen from outside, vs the runner's own."""
+    rows = []
+    for phase, view in c.get("outside", {}).items():
+        sent, arrived = view["sent"], view["arrived"]
+        what = "control run with swaps" if phase == "control" else "graph churn"
+        rows += [
+            (f"{what} ({view['seconds']:.0f} s): longest gap between actions, by send / by arrival (watcher)",
+             f"{sent['longest_gap_ms']:.0f} / {arrived['longest_gap_ms']:.0f} ms "
+             f"({sent['longest_gap_periods']:.1f} / {arrived['longest_gap_periods']:.1f} periods)",
+             f"<= {MISS_PERIODS:g} periods"),
+            (f"{what}: deadline misses counted from outside (gaps > {MISS_PERIODS:g} periods), by send / by arrival",
+             f"{sent['misses']} / {arrived['misses']} ({sent['missed_ticks']} / {arrived['missed_ticks']} ticks "
+             f"lost; {view['unseen']} actions never seen)", "0"),
+            (f"{what}: the runner's own count (ticks, deadline misses)",
+             f"{view['runner_ticks']} ticks, {view['runner_deadline_misses']} misses", ""),
+        ]
+    return rows
+
+
 def markdown(result: dict[str, Any]) -> str:
-    c, i = result["control"], result["import"]
+    c, i = result["control"], result.get("import")
     lat, o2a, base = c["inference_latency_us"], c["observation_to_action_us"], c["inference_in_process_us"]
     swap_first, swap_answer = c["swap_to_first_new_action_ms"], c["swap_answer_ms"]
     rows = [
@@ -533,8 +604,9 @@ def markdown(result: dict[str, Any]) -> str:
         ("swap request -> first new action p50 / max",
          f"{swap_first['p50']:.1f} / {swap_first['max']:.1f} ms ({swap_first['count']} swaps seen)", ""),
         ("sim safe-stop steps (no fresh command)", f"{c['sim_safe_stop_steps']}", "0"),
+        *outside_rows(c),
     ]
-    for run in result["recorder"]:
+    for run in result.get("recorder", []):
         for burst in run["bursts"]:
             target = f"{burst['target_rate']:,.0f}/s" if burst["target_rate"] else "unpaced"
             rows.append((f"recorder ({run['qos']}), {target} publisher",
@@ -547,7 +619,7 @@ def markdown(result: dict[str, Any]) -> str:
         rows.append((f"recorder ({run['qos']}), its own loss counters over all bursts",
                      f"missing steps {counts.get('missing_steps', '?')}, lost in DDS {counts.get('lost_in_dds', '?')}, "
                      f"dropped {counts.get('dropped', '?')}", ""))
-    rows += [
+    rows += [] if i is None else [
         ("bags -> dataset (saferule)", f"{i['dataset_from_bags_s'] * 1e3:.0f} ms for {i['messages']:,} messages "
          f"({i['dataset_from_bags_msgs_per_s']:,.0f} msg/s; {i['transitions']} transitions)", ""),
         ("plain rosbags iterate + deserialize", f"{i['rosbags_iterate_deserialize_s'] * 1e3:.0f} ms "
@@ -568,24 +640,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of control loop")
     parser.add_argument("--rate", type=float, default=100.0, help="control rate, Hz")
     parser.add_argument("--swaps", type=int, default=10)
+    parser.add_argument("--churn", type=float, default=20.0, help="seconds of DDS graph churn after the control run")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short check: 10 s control with 2 swaps, 10 s churn, no recorder or import runs; "
+                             "writes control_loop_quick.*")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    settings = Settings(duration_s=args.duration, rate_hz=args.rate, swaps=args.swaps)
+    settings = Settings(duration_s=args.duration, rate_hz=args.rate, swaps=args.swaps, churn_s=args.churn)
+    if args.quick:
+        settings = Settings(duration_s=10.0, rate_hz=args.rate, swaps=2, churn_s=10.0, control_only=True)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="saferule-control-bench-") as tmp:
         work = Path(tmp)
         control = run_control(settings, work)
-        recorder = [run_recorder(settings, work), run_recorder(settings, work, qos_history="keep_last")]
-        imported = run_import(settings, control.pop("bags"))
+        bags = control.pop("bags")
+        measured: dict[str, Any] = {"control": control}
+        if not settings.control_only:
+            measured["recorder"] = [run_recorder(settings, work), run_recorder(settings, work, qos_history="keep_last")]
+            measured["import"] = run_import(settings, bags)
     result = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": asdict(settings),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "load_before": [round(v, 2) for v in load_before],
-                          "load_after": [round(v, 2) for v in os.getloadavg()]},
-              "control": control, "recorder": recorder, "import": imported}
+                          "load_after": [round(v, 2) for v in os.getloadavg()]}, **measured}
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "control_loop.json", result)
+    name = "control_loop_quick" if args.quick else "control_loop"
+    atomic_write_json(args.out / f"{name}.json", result)
     text = markdown(result)
-    atomic_write_text(args.out / "control_loop.md", text)
+    atomic_write_text(args.out / f"{name}.md", text)
     print(text)
     return 0
 
