@@ -33,6 +33,15 @@ from saferule_core.algos.batch import Batch, BatchSampler
 from saferule_core.algos.checkpoint import MODEL_FILE, save_model
 from saferule_core.algos.functional import ModelState
 from saferule_core.algos.registry import ConfigError, get_algo, make_config
+from saferule_core.algos.trainer import (
+    METRICS_FILE,
+    PROGRESS_KEYS,
+    LoopConfig,
+    TrainConfig,
+    mean_metrics,
+    seed_everything,
+    tune_cpu_allocator,
+)
 from saferule_core.data.dataset import OfflineDataset
 
 MAX_MODELS = 64
@@ -169,22 +178,8 @@ def available_memory_bytes() -> int | None:
 
 # ----- the stacked training loop -----------------------------------------------------------------------
 
-@dataclass
-class StackTrainConfig:
-    steps: int = 100_000
-    batch_size: int = 512
-    num_threads: int = 2
-    log_every: int = 100
-    checkpoint_every: int = 10_000    # 0: only at the end
-    progress: bool = True
-    tune_allocator: bool = True
-
-    def validate(self) -> None:
-        for name in ("steps", "batch_size", "num_threads", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+StackTrainConfig = LoopConfig
+"""A stack's training loop: `LoopConfig` (the seeds are per model)."""
 
 
 @dataclass
@@ -213,8 +208,6 @@ def build_stack(algo: str, datasets: Sequence[OfflineDataset], seeds: Sequence[i
 
     Refused before anything is built beyond the first model when the estimated memory of the stack
     does not fit in `memory_limit_bytes` (default: what the machine has available)."""
-    from saferule_core.algos.trainer import seed_everything
-
     check_seeds(seeds)
     if len(datasets) != len(seeds):
         raise ValueError("one dataset per seed")
@@ -255,9 +248,6 @@ def train_stack(stack: LearnerStack, datasets: Sequence[OfflineDataset], seeds: 
                 callback: StackCallback | None = None) -> StackTrainResult:
     """Train the stack for `config.steps` updates; model k writes an ordinary model directory to
     out_dirs[k] (model.pt, config.json, metrics.jsonl) at every checkpoint and at the end."""
-    from saferule_core.algos.trainer import METRICS_FILE, PROGRESS_KEYS, TrainConfig, mean_metrics, \
-        tune_cpu_allocator
-
     config.validate()
     out_dirs = [Path(d) for d in out_dirs]
     if len(out_dirs) != stack.models or len(datasets) != stack.models or len(seeds) != stack.models:

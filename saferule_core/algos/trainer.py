@@ -44,10 +44,11 @@ StepCallback = Callable[[int, Learner], None]
 
 
 @dataclass
-class TrainConfig:
+class LoopConfig:
+    """How a training loop runs, for one model or a stack of them (`algos.stacked`)."""
+
     steps: int = 100_000
     batch_size: int = 512
-    seed: int = 0
     num_threads: int = 2
     log_every: int = 100              # average and write metrics every N steps
     checkpoint_every: int = 10_000    # 0: only at the end
@@ -60,6 +61,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """One model's training: the loop and its seed (a stack has one seed per model instead)."""
+
+    seed: int = 0
 
 
 @dataclass
