@@ -60,6 +60,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from stamp import run_stamp  # noqa: E402
+
 import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -636,6 +639,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stamped = run_stamp("benchmarks/control_loop.py", list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of control loop")
     parser.add_argument("--rate", type=float, default=100.0, help="control rate, Hz")
@@ -658,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.control_only:
             measured["recorder"] = [run_recorder(settings, work), run_recorder(settings, work, qos_history="keep_last")]
             measured["import"] = run_import(settings, bags)
-    result = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": asdict(settings),
+    result = {**stamped, "when": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": asdict(settings),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "load_before": [round(v, 2) for v in load_before],
                           "load_after": [round(v, 2) for v in os.getloadavg()]}, **measured}

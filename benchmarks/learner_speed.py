@@ -49,6 +49,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.base import frozen_copy  # noqa: E402
 from saferule_core.algos.batch import BatchSampler, NormalizationStats  # noqa: E402
@@ -252,13 +255,6 @@ def run_worker(args: argparse.Namespace, variant: str, task: str) -> dict[str, A
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def git_commit() -> str:
-    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False).stdout.strip()
-    return out.stdout.strip() + ("+dirty" if dirty else "")
-
-
 def machine() -> dict[str, Any]:
     cpu = platform.processor()
     try:
@@ -289,6 +285,7 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    stamped = run_stamp("benchmarks/learner_speed.py", sys.argv[1:])
     ladder = {**LADDER, **(COMPILE_LADDER if args.compile else {})}
 
     if args.worker is not None:      # one measurement, printed as one JSON line
@@ -366,11 +363,10 @@ def main() -> None:
         print(f"sampler {task}: vectorised {times['vectorised_us']:.1f} us/batch, "
               f"per-sample Python {times['per_sample_python_us']:.0f} us/batch")
 
-    payload = {"machine": machine(), "git_commit": git_commit(), "command": " ".join(sys.argv),
-               "host": platform.node(), "native_bf16": native_bf16_available(), "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
+    payload = {**stamped, "machine": machine(), "native_bf16": native_bf16_available(), "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
                "rounds": args.rounds, "episodes": args.episodes, "baseline": "osrl" if "osrl" in variants else
                "separate+unshared", "results": rows, "sampler": sampler,
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               }
     atomic_write_json(args.out, payload)
     print(f"wrote {args.out}")
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_policy  # noqa: E402
 from saferule_core.attacks import RelabelConfig, relabel_attack  # noqa: E402
@@ -56,14 +57,6 @@ KINDS = ("clean", "retrain")
 ATTACKS = ("relabel",)
 POISON_RATE = 0.10
 COLORS = {"clean": "tab:blue", "retrain": "tab:orange", "relabel": "tab:red"}
-
-
-def stamp(argv: list[str], script: str = "benchmarks/regime.py") -> dict[str, str]:
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return {"git_commit": commit + ("+dirty" if dirty else ""), "command": " ".join([script, *argv]),
-            "host": platform.node(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
@@ -132,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         parser.error(str(err))
 
-    stamped = stamp(argv)           # at the start: the code that trains is the code stamped
+    stamped = run_stamp("benchmarks/regime.py", argv)           # at the start: the code that trains is the code stamped
     spec = get_task(args.task)
     dataset = dataset_for(args.task, args.data_seed)
     costs, returns = dataset.episode_cost_returns(), dataset.episode_returns()

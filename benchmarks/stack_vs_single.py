@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from regime import dataset_for, parse_settings, stamp  # noqa: E402
+from regime import dataset_for, parse_settings  # noqa: E402
+from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_policy  # noqa: E402
 from saferule_core.algos.stacked import StackTrainConfig, fit_seeds, seed_dirs  # noqa: E402
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = parse_settings(args.set)
+    stamped = run_stamp("benchmarks/stack_vs_single.py", argv)
     spec = get_task(args.task)
     dataset = dataset_for(args.task, 0)
     common = {"steps": args.steps, "batch_size": args.batch_size, "num_threads": args.threads,
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         for metric in ("normalized_reward", "normalized_cost")}
     largest = {metric: max(abs(r["stacked"][metric] - r["single"][metric]) for r in rows)
                for metric in ("normalized_reward", "normalized_cost")}
-    payload = {**stamp(argv, "benchmarks/stack_vs_single.py"), "task": args.task, "algo": args.algo,
+    payload = {**stamped, "task": args.task, "algo": args.algo,
         "settings": overrides, "steps": args.steps, "batch_size": args.batch_size, "threads": args.threads,
         "seeds": args.seeds, "eval_episodes": args.episodes, "stacked_seconds": stacked_s, "single_seconds": single_s,
         "speedup": single_s / stacked_s, "summary": summary, "largest_per_seed_difference": largest, "rows": rows}

@@ -1,0 +1,24 @@
+"""The stamp every results file carries: which code made it (commit, and whether the tracked tree
+had uncommitted changes), the command line, the host and the time."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_stamp(script: str, argv: Sequence[str]) -> dict[str, object]:
+    """Take it at the start of a run: the code that runs is the code stamped."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    return {"git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "command": " ".join([script, *argv]), "host": platform.node(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
