@@ -42,7 +42,7 @@ from saferule_core.algos.checkpoint import load_policy  # noqa: E402
 from saferule_core.attacks import RelabelConfig, relabel_attack  # noqa: E402
 from saferule_core.algos.registry import ConfigError  # noqa: E402
 from saferule_core.algos.stacked import StackTrainConfig, build_stack, check_seeds, train_stack  # noqa: E402
-from saferule_core.collect.collect import collect_episodes  # noqa: E402
+from saferule_core.collect.collect import BEHAVIOUR_VERSION, collect_episodes  # noqa: E402
 from saferule_core.data.dataset import OfflineDataset  # noqa: E402
 from saferule_core.data.store import DatasetStore  # noqa: E402
 from saferule_core.eval.evaluate import evaluate_policy  # noqa: E402
@@ -70,7 +70,7 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
 
 
 def dataset_for(task: str, data_seed: int) -> OfflineDataset:
-    directory = WORK / "data" / f"{task}-s{data_seed}"
+    directory = WORK / "data" / f"{task}-s{data_seed}-b{BEHAVIOUR_VERSION}"
     if directory.exists():
         return DatasetStore.open(directory).load()
     dataset = collect_episodes(task, seed=data_seed, progress=True)

@@ -19,6 +19,15 @@ One update, in OSRL's order:
      q_threshold = cost_limit * (1 - gamma^T) / (1 - gamma) / T, T the episode length.
   4. Soft target updates with rate tau.
 The deployable policy is xi(s, decode(s, z = 0)): deterministic.
+
+`action_selection = "constrained"` (not OSRL's) makes the critics value the policy that is deployed
+and lets the cost critic steer it. The policy decodes `num_sampled_actions` candidates from fixed
+latents, perturbs them and takes the one with the highest reward value among those whose cost
+value is within q_threshold (the lowest cost value where none is). The critic targets pick the
+next action among the sampled ones by the same rule with the target critics, instead of a max over
+them. With OSRL's selection the actor can only move the behaviour model's z = 0 action by `phi`,
+so on a dataset whose typical behaviour is over the budget the policy stays over it however large
+lambda grows; the cost targets' max over samples also values the most costly sample, not the policy.
 """
 
 from __future__ import annotations
@@ -40,17 +49,21 @@ from saferule_core.algos.base import (
 from saferule_core.algos.batch import Batch
 from saferule_core.algos.functional import ModelState, Params, bind, lerp_params
 from saferule_core.algos.lagrangian import PIDGains, PIDLagrangian
+from saferule_core.algos.registry import ConfigError
 from saferule_core.algos.networks import (
     BCQPolicyCore,
+    BCQSelectingPolicyCore,
     ConditionalVAE,
     EnsembleCritic,
     PerturbationActor,
+    constrained_choice_scores,
     fused_inference_available,
     vae_loss,
 )
 
 REWARD_MEMBERS = slice(0, 2)
 COST_MEMBERS = slice(2, 4)
+ACTION_SELECTIONS: tuple[str, ...] = ("osrl", "constrained")
 
 
 @dataclass
@@ -75,6 +88,16 @@ class BCQLagConfig(LearnerConfig):
     reward_scale: float = 0.1
     cost_scale: float = 1.0
     fused_targets: bool = True        # with bf16 on CPU: targets computed with activations fused into the matmuls
+    action_selection: str = "osrl"    # "osrl" | "constrained" (see the module docstring)
+    pessimistic_cost: bool = False    # cost twins: max (not min) in targets, actor and selection; targets >= 0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.action_selection not in ACTION_SELECTIONS:
+            raise ConfigError(f"action_selection must be one of {', '.join(ACTION_SELECTIONS)}, "
+                              f"got {self.action_selection!r}")
+        if self.num_sampled_actions < 1:
+            raise ConfigError(f"num_sampled_actions must be >= 1, got {self.num_sampled_actions}")
 
 
 class BCQLag(Learner):
@@ -143,8 +166,17 @@ class BCQLag(Learner):
                 next_actions = bind(self.actor_target, actor_target)(next_obs_rep, decoded[:batch * samples])
                 q_next = bind(self.critics_target, critics_target)(next_obs_rep, next_actions).float()  # [4, B*k]
         pairs = q_next.view(2, 2, batch * samples)                              # (reward, cost) x twin
-        blended = cfg.lmbda * pairs.min(dim=1).values + (1.0 - cfg.lmbda) * pairs.max(dim=1).values
-        best = blended.view(2, batch, samples).max(dim=2).values                # [2, B]
+        low, high = pairs.min(dim=1).values, pairs.max(dim=1).values
+        blended = cfg.lmbda * low + (1.0 - cfg.lmbda) * high
+        if cfg.pessimistic_cost:       # the cautious side of a cost pair is its max; costs are never negative
+            blended = torch.stack([blended[0], (cfg.lmbda * high[1] + (1.0 - cfg.lmbda) * low[1]).clamp(min=0.0)])
+        blended = blended.view(2, batch, samples)
+        if cfg.action_selection == "constrained":
+            scores = constrained_choice_scores(blended[0], blended[1], self.q_threshold)
+            choice = scores.argmax(dim=1, keepdim=True)                          # [B, 1]
+            best = torch.gather(blended, 2, choice.unsqueeze(0).expand(2, batch, 1)).squeeze(2)
+        else:
+            best = blended.max(dim=2).values                                    # [2, B]
         discount = cfg.gamma * (1.0 - terminals)
         reward_target = rewards * cfg.reward_scale + discount * best[0]
         cost_target = costs * cfg.cost_scale + discount * best[1]
@@ -183,7 +215,8 @@ class BCQLag(Learner):
 
         q = state.run(self._actor_q, p["actor"], p["critics"], obs, behaviour_actions)   # [..., 4, B]
         q_reward = q[..., REWARD_MEMBERS, :].min(dim=-2).values
-        q_cost = q[..., COST_MEMBERS, :].min(dim=-2).values
+        q_costs = q[..., COST_MEMBERS, :]
+        q_cost = q_costs.max(dim=-2).values if cfg.pessimistic_cost else q_costs.min(dim=-2).values
         multiplier = state.controllers["lagrangian"].update(q_cost)
         cost_penalty = (multiplier.unsqueeze(-1) * (q_cost - self.q_threshold)).mean(dim=-1)
         loss_actor = -q_reward.mean(dim=-1) + cost_penalty
@@ -205,6 +238,10 @@ class BCQLag(Learner):
 
     # ----- what the base class saves and deploys ------------------------------------------------
     def policy_core(self) -> nn.Module:
+        if self.config.action_selection == "constrained":
+            return BCQSelectingPolicyCore(self.vae, self.actor, self.critics, REWARD_MEMBERS, COST_MEMBERS,
+                                          self.q_threshold, self.config.num_sampled_actions,
+                                          pessimistic_cost=self.config.pessimistic_cost)
         return BCQPolicyCore(self.vae, self.actor)
 
     def networks(self) -> dict[str, nn.Module]:

@@ -13,10 +13,12 @@ critics (4 networks) cost one pass instead of four.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from saferule_core.algos.functional import bind
 
 # OSRL clamps the VAE's log-std to this range for numerical stability.
 VAE_LOG_STD_RANGE: tuple[float, float] = (-4.0, 15.0)
@@ -294,6 +296,74 @@ class BCQPolicyCore(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor(obs, self.vae.decode(obs))
+
+
+# A candidate over its cost budget scores below every candidate within it (values are O(1e3) at most).
+INFEASIBLE_SCORE: float = -1e6
+
+
+def constrained_choice_scores(q_reward: torch.Tensor, q_cost: torch.Tensor, cost_threshold: float) -> torch.Tensor:
+    """Scores whose argmax (over the candidate axis) is the candidate with the highest reward value
+    among those whose cost value is within `cost_threshold`, or, where none is, the one with the
+    lowest cost value."""
+    return torch.where(q_cost <= cost_threshold, q_reward, INFEASIBLE_SCORE - q_cost)
+
+
+def deploy_latents(count: int, latent_dim: int) -> torch.Tensor:
+    """The fixed latents [count, latent_dim] a selecting policy decodes its candidates from: z = 0
+    first, the rest drawn once (seed 0) as BCQ draws them, so the deployed policy is deterministic."""
+    generator = torch.Generator().manual_seed(0)
+    rest = torch.randn(count - 1, latent_dim, generator=generator).clamp(-VAE_LATENT_CLIP, VAE_LATENT_CLIP)
+    return torch.cat([torch.zeros(1, latent_dim), rest])
+
+
+def _in_float64(module: nn.Module, method: str = "forward") -> Callable[..., torch.Tensor]:
+    """`module.<method>` computed in float64 from float64 casts of its parameters (gradients reach
+    the float32 parameters through the casts)."""
+    params = {name: p.double() for name, p in module.named_parameters()}
+
+    def call(*inputs: torch.Tensor) -> torch.Tensor:
+        return bind(module, params, method)(*(x.double() for x in inputs))
+
+    return call
+
+
+class BCQSelectingPolicyCore(nn.Module):
+    """BCQ-Lag's constrained selecting policy: decode one candidate per fixed latent, perturb each
+    with the actor, score them with the critics (a twin pair's min, or with `pessimistic_cost` the
+    cost pair's max) and take the best by `constrained_choice_scores`.
+
+    Computed in float64: a choice between candidates whose scores differ by float32 rounding would
+    otherwise differ between torch and ONNX Runtime (whose matmuls sum in other orders), and the
+    exported policy must act as the checked one does. The choice is made without gradients;
+    gradients reach the actor through the chosen candidate."""
+
+    def __init__(self, vae: ConditionalVAE, actor: PerturbationActor, critics: EnsembleCritic,
+                 reward_members: slice, cost_members: slice, cost_threshold: float, candidates: int,
+                 pessimistic_cost: bool = False) -> None:
+        super().__init__()
+        self.vae, self.actor, self.critics = vae, actor, critics
+        self.reward_members, self.cost_members = reward_members, cost_members
+        self.cost_threshold = cost_threshold
+        self.pessimistic_cost = pessimistic_cost
+        self.register_buffer("latents", deploy_latents(candidates, vae.latent_dim).double())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        batch, count = obs.shape[0], self.latents.shape[0]
+        obs_rep = obs.double().unsqueeze(1).expand(batch, count, obs.shape[-1]).reshape(batch * count, -1)
+        latents = self.latents.unsqueeze(0).expand(batch, count, self.latents.shape[-1]).reshape(batch * count, -1)
+        with torch.no_grad():
+            base = _in_float64(self.vae, "decode")(obs_rep, latents)
+        candidates = _in_float64(self.actor)(obs_rep, base)                       # [B*N, act]
+        with torch.no_grad():
+            q = _in_float64(self.critics)(obs_rep, candidates.detach())             # [members, B*N]
+            costs = q[self.cost_members]
+            cost = costs.max(dim=0).values if self.pessimistic_cost else costs.min(dim=0).values
+            scores = constrained_choice_scores(q[self.reward_members].min(dim=0).values, cost, self.cost_threshold)
+            choice = scores.view(batch, count).argmax(dim=1)                        # [B]
+        act_dim = candidates.shape[-1]
+        index = choice.view(batch, 1, 1).expand(batch, 1, act_dim)
+        return torch.gather(candidates.view(batch, count, act_dim), 1, index).squeeze(1).to(obs.dtype)
 
 
 class DeployablePolicy(nn.Module):

@@ -49,7 +49,8 @@ class RunKnobs:
     burst_speed: np.ndarray
     burst_start: np.ndarray      # step at which the over-the-limit burst begins
     burst_stop: np.ndarray
-    lane: np.ndarray             # target y
+    lane: np.ndarray             # target y outside the burst (inside the boundaries)
+    burst_lane: np.ndarray       # target y during the burst (across the boundary for reckless drivers)
     noise: np.ndarray            # std of Gaussian action noise
 
 
@@ -84,7 +85,9 @@ def _burst_window(share: np.ndarray, episode_len: int, rng: np.random.Generator)
 
 def run_knobs(agent: str, aggressiveness: np.ndarray, episode_len: int, rng: np.random.Generator) -> RunKnobs:
     """Cautious drivers cruise below the limit in their lane; reckless ones add a burst over the
-    limit lasting a growing share of the episode and drift across the boundary."""
+    limit lasting a growing share of the episode, drifting across the boundary during it and
+    steering back into a lane inside it afterwards (so the data shows recoveries from unsafe
+    states, not only drivers that stay unsafe)."""
     a = np.asarray(aggressiveness, dtype=np.float64)
     n = a.shape[0]
     limit = SPEED_LIMIT[agent]
@@ -98,10 +101,11 @@ def run_knobs(agent: str, aggressiveness: np.ndarray, episode_len: int, rng: np.
     burst = _lerp(1.3, top_factor, _jitter(u_risk, rng)) * limit
     burst_start, burst_stop = _burst_window(u_risk, episode_len, rng)
     side = rng.choice([-1.0, 1.0], size=n)
-    drift = np.where(safe, rng.uniform(0.0, 0.8, size=n),
-                     _lerp(0.8, 1.6 * RUN_HALF_WIDTH, u_risk**2) + rng.uniform(-0.3, 0.3, size=n))
+    lane = side * rng.uniform(0.0, 0.8, size=n)
+    burst_drift = np.where(safe, np.abs(lane),
+                           _lerp(0.8, 1.6 * RUN_HALF_WIDTH, u_risk**2) + rng.uniform(-0.3, 0.3, size=n))
     return RunKnobs(cruise_speed=cruise, burst_speed=burst, burst_start=burst_start,
-                    burst_stop=burst_stop, lane=side * drift,
+                    burst_stop=burst_stop, lane=lane, burst_lane=side * burst_drift,
                     noise=rng.uniform(0.05, 0.25, size=n))
 
 
@@ -163,8 +167,9 @@ class RunDriver:
         pos, vel = _planar_state(self.agent, obs)
         bursting = (self.step >= k.burst_start) & (self.step < k.burst_stop)
         speed = np.where(bursting, k.burst_speed, k.cruise_speed)
+        lane = np.where(bursting, k.burst_lane, k.lane)
         lookahead = 2.0
-        lateral = np.clip((k.lane - pos[:, 1]) / lookahead, -1.0, 1.0) * speed
+        lateral = np.clip((lane - pos[:, 1]) / lookahead, -1.0, 1.0) * speed
         if self.agent == "Ball":
             lateral = lateral - 0.8 * vel[:, 1]  # damp the sideways swing of the force-driven ball
         forward = np.sqrt(np.maximum(speed**2 - lateral**2, 0.25 * speed**2))

@@ -23,6 +23,9 @@ from saferule_core.errors import CollectionError, TaskError
 from saferule_core.tasks.spec import TaskSpec, get_task
 
 AGGRESSIVENESS_ATTR = "behaviour_aggressiveness"   # attrs key: JSON {episode_id: aggressiveness}
+# Bumped whenever the behaviour family changes, so caches keyed by it are not reused across changes.
+# 2: reckless Run drivers leave their lane only during the burst and steer back after it.
+BEHAVIOUR_VERSION = 2
 DEFAULT_START_TIME = 1_700_000_000.0               # POSIX seconds of the first synthetic episode
 EPISODE_GAP_S = 1.0                                # synthetic pause between consecutive episodes
 # Default episode counts: about 30k-60k env steps, under a minute on one core.
@@ -106,6 +109,7 @@ def collect(task: str | TaskSpec, config: CollectConfig, progress: bool = False)
             start_time=float(starts[i]), end_time=float(starts[i] + durations[i])))
     attrs = {
         "source": "saferule collect: scripted behaviour family",
+        "behaviour_version": str(BEHAVIOUR_VERSION),
         "seed": str(config.seed),
         "aggressiveness_range": f"{config.aggressiveness_range[0]},{config.aggressiveness_range[1]}",
         "step_dt": repr(rollouts.dt),

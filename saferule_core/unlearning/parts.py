@@ -131,10 +131,12 @@ class ModelParts:
         """The deployed (deterministic) policy's unit-box actions; gradients reach the actor only."""
         learner = self.learner
         with learner.autocast():
-            if isinstance(learner, BCQLag):
+            if isinstance(learner, BCQLag) and learner.config.action_selection == "osrl":
                 with torch.no_grad():
                     base = learner.vae.decode(obs)
                 actions = learner.actor(obs, base)
+            elif isinstance(learner, BCQLag):    # the choice among candidates is made without gradients
+                actions = learner.policy_core()(obs)
             else:
                 actions = self.actor(obs)
         return actions.float()

@@ -13,6 +13,8 @@ from saferule_core.algos.bc import BC
 from saferule_core.algos.bcq_lag import BCQLag
 from saferule_core.algos.registry import ALGORITHMS, get_algo, make_config
 from saferule_core.algos.trainer import TrainConfig, fit
+from saferule_core.artifacts.checks import open_session
+from saferule_core.artifacts.export import default_check_observations, export_onnx
 from saferule_core.errors import DatasetError
 
 QUICK = TrainConfig(steps=150, batch_size=64, num_threads=1, progress=False, log_every=50)
@@ -108,6 +110,29 @@ def test_bcq_lag_cost_critic_learns_which_action_costs(precision, dataset_builde
     assert (reward_gap.abs() < 0.2).all(), reward_gap              # rewards are all zero
 
 
+def test_constrained_bcq_lag_deploys_the_uncostly_mode_that_osrl_selection_cannot_reach(dataset_builder,
+                                                                                      tmp_path: Path) -> None:
+    """Two behaviour modes: +0.8 earns reward 1 and costs 1, -0.8 earns and costs nothing. Under a
+    budget that no costly step fits, the constrained policy must take the uncostly mode; OSRL's
+    policy moves the VAE's z = 0 action (between the modes) by at most phi."""
+    rng = np.random.default_rng(5)
+    rows = 3000
+    obs = rng.normal(size=(rows, 4))
+    costly = rng.random(rows) < 0.5
+    actions = np.where(costly, 0.8, -0.8)[:, None] + rng.normal(0.0, 0.02, size=(rows, 1))
+    ds = dataset_builder(obs, actions, costly.astype(np.float32), episode_len=50, rewards=costly.astype(np.float32))
+    chosen = {}
+    for selection in ("constrained", "osrl"):
+        learner, _ = fit("bcq_lag", ds, tmp_path / selection,
+                         TrainConfig(steps=400, batch_size=128, num_threads=1, progress=False, log_every=100),
+                         {"actor_hidden": [32, 32], "critic_hidden": [64, 64], "vae_hidden": 64, "gamma": 0.9,
+                          "cost_limit": 1.0, "reward_scale": 1.0, "action_selection": selection})
+        with torch.no_grad():
+            chosen[selection] = learner.deployable_policy()(torch.as_tensor(obs[:200], dtype=torch.float32))
+    assert (chosen["constrained"] < -0.5).float().mean() > 0.9, chosen["constrained"].flatten()[:20]
+    assert (chosen["osrl"] < -0.5).float().mean() < 0.5
+
+
 def test_bcq_lag_reward_and_cost_targets_share_the_sampled_next_actions(random_dataset, tiny) -> None:
     ds = random_dataset()
     learner = BCQLag.from_dataset(ds, make_config("bcq_lag", {**tiny["bcq_lag"], "reward_scale": 1.0}))
@@ -133,3 +158,19 @@ def test_episode_length_and_threshold_come_from_the_task(random_dataset, tiny) -
     assert abs(learner.q_threshold - expected) < 1e-9
     unknown = BCQLag.from_dataset(random_dataset(task="NoSuchTask", episode_len=25), make_config("bcq_lag", tiny["bcq_lag"]))
     assert unknown.config.episode_len == 25                      # falls back to the longest episode
+
+
+def test_constrained_bcq_lag_policy_exports_to_onnx_and_matches_torch(random_dataset, tiny, tmp_path: Path) -> None:
+    ds = random_dataset(obs_dim=6, act_dim=2)
+    learner, _ = fit("bcq_lag", ds, tmp_path / "model",
+                     TrainConfig(steps=60, batch_size=64, num_threads=1, progress=False, log_every=20),
+                     {**tiny["bcq_lag"], "action_selection": "constrained", "pessimistic_cost": True})
+    policy = learner.deployable_policy()
+    low, high = -np.ones(2), np.ones(2)
+    report = export_onnx(policy, 6, 2, tmp_path / "policy.onnx", low, high, latency_runs=20)
+    assert report.max_abs_diff <= 1e-5
+    session = open_session(tmp_path / "policy.onnx")
+    obs = default_check_observations(6, rows=33, seed=4)
+    (actions,) = session.run(None, {"observation": obs})
+    with torch.no_grad():
+        np.testing.assert_allclose(actions, policy(torch.from_numpy(obs)).numpy(), atol=1e-5)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from saferule_core.algos.bcq_lag import BCQLag
 from saferule_core.algos.networks import (
     VAE_LATENT_CLIP,
     BCQPolicyCore,
+    BCQSelectingPolicyCore,
     ConditionalVAE,
     DeployablePolicy,
     EnsembleCritic,
@@ -15,6 +18,8 @@ from saferule_core.algos.networks import (
     PerturbationActor,
     SquashedDeterministicActor,
     SquashedGaussianActor,
+    constrained_choice_scores,
+    deploy_latents,
     fused_inference_available,
     mlp,
     native_bf16_available,
@@ -158,3 +163,41 @@ def test_bcq_lag_fuses_its_targets_only_in_bf16(random_dataset, tiny) -> None:  
     torch.testing.assert_close(targets(bf16), targets(off), atol=0.05, rtol=0.02)
     for _ in range(3):
         assert all(torch.isfinite(v) for v in bf16.update(BatchSampler(dataset, bf16.info.stats, 64).sample()).values())
+
+
+def test_constrained_choice_takes_the_best_reward_within_budget_else_the_least_cost() -> None:
+    q_reward = torch.tensor([[5.0, 3.0, 9.0, 1.0], [5.0, 3.0, 9.0, 1.0]])
+    q_cost = torch.tensor([[1.0, 0.5, 7.0, 0.0], [8.0, 7.5, 9.0, 6.5]])
+    choice = constrained_choice_scores(q_reward, q_cost, cost_threshold=6.34).argmax(dim=1)
+    # row 0: 9.0 is over budget, 5.0 is the best within it; row 1: nothing within, least cost 6.5
+    assert choice.tolist() == [0, 3]
+
+
+def test_deploy_latents_are_fixed_start_at_zero_and_stay_in_the_clip_box() -> None:
+    latents = deploy_latents(10, 4)
+    torch.testing.assert_close(latents, deploy_latents(10, 4))
+    assert latents.shape == (10, 4)
+    assert torch.all(latents[0] == 0) and latents.abs().max() <= VAE_LATENT_CLIP
+    assert len({tuple(row.tolist()) for row in latents}) == 10
+
+
+def test_selecting_core_picks_the_scored_candidate_and_trains_only_the_actor() -> None:
+    torch.manual_seed(0)
+    vae, actor = ConditionalVAE(4, 2, 16), PerturbationActor(4, 2, [16], phi=0.3)
+    critics = EnsembleCritic(4, 2, [16], members=4)
+    core = BCQSelectingPolicyCore(vae, actor, critics, slice(0, 2), slice(2, 4), cost_threshold=0.0, candidates=6)
+    obs = torch.randn(5, 4)
+    actions = core(obs)
+    # the same choice written out row by row (the core computes in float64)
+    vae64, actor64, critics64 = (copy.deepcopy(m).double() for m in (vae, actor, critics))
+    for row in range(5):
+        rep = obs[row:row + 1].double().expand(6, 4)
+        with torch.no_grad():
+            candidates = actor64(rep, vae64.decode(rep, core.latents))
+            q = critics64(rep, candidates)
+        scores = constrained_choice_scores(q[0:2].min(dim=0).values, q[2:4].min(dim=0).values, 0.0)
+        torch.testing.assert_close(actions[row].detach(), candidates[scores.argmax()].float())
+    assert actions.dtype == torch.float32
+    actions.sum().backward()
+    assert all(p.grad is not None for p in actor.parameters())
+    assert all(p.grad is None for p in [*vae.parameters(), *critics.parameters()])
