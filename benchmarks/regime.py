@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_policy  # noqa: E402
-from saferule_core.attacks import RelabelConfig, relabel_attack  # noqa: E402
+from saferule_core.attacks import PoisonResult, RelabelConfig, relabel_attack  # noqa: E402
 from saferule_core.algos.registry import ConfigError  # noqa: E402
 from saferule_core.algos.stacked import StackTrainConfig, build_stack, check_seeds, train_stack  # noqa: E402
 from saferule_core.collect.collect import BEHAVIOUR_VERSION, collect_episodes  # noqa: E402
@@ -86,10 +86,15 @@ def random_forget(dataset: OfflineDataset, seed: int) -> OfflineDataset:
     return dataset.subset_episodes(~forget)
 
 
-def poisoned(dataset: OfflineDataset, attack: str, seed: int) -> OfflineDataset:
+def poison(dataset: OfflineDataset, attack: str, seed: int) -> PoisonResult:
+    """The poisoning of training seed `seed`'s model (what dev_unlearning.py forgets again)."""
     if attack == "relabel":
-        return relabel_attack(dataset, RelabelConfig(rate=POISON_RATE), rng=seed).dataset
+        return relabel_attack(dataset, RelabelConfig(rate=POISON_RATE), rng=seed)
     raise ConfigError(f"unknown attack {attack!r}")
+
+
+def poisoned(dataset: OfflineDataset, attack: str, seed: int) -> OfflineDataset:
+    return poison(dataset, attack, seed).dataset
 
 
 def plateau(values: list[float]) -> dict[str, float | bool]:
@@ -187,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                                                and m["label"].split("-s")[1] in clean_safe)
     payload = {**stamped, "task": args.task, "algo": args.algo, "settings": overrides, "steps": args.steps,
                "batch_size": args.batch_size, "seeds": args.seeds, "data_seed": args.data_seed,
+               "behaviour_version": BEHAVIOUR_VERSION, "run_dir": str(run_dir.relative_to(ROOT)),
                "eval_episodes": args.episodes, "eval_random_start_steps": spec.eval_random_start_steps,
                "behaviour_reward_under_limit": behaviour_reward, "train_seconds": train_s,
                "summary": summary, "valid": valid, "models": models}

@@ -90,12 +90,15 @@ class BCQLagConfig(LearnerConfig):
     fused_targets: bool = True        # with bf16 on CPU: targets computed with activations fused into the matmuls
     action_selection: str = "osrl"    # "osrl" | "constrained" (see the module docstring)
     pessimistic_cost: bool = False    # cost twins: max (not min) in targets, actor and selection; targets >= 0
+    selection_budget: float = 1.0     # constrained selection accepts cost values up to this fraction of q_threshold
 
     def validate(self) -> None:
         super().validate()
         if self.action_selection not in ACTION_SELECTIONS:
             raise ConfigError(f"action_selection must be one of {', '.join(ACTION_SELECTIONS)}, "
                               f"got {self.action_selection!r}")
+        if not 0.0 < self.selection_budget <= 1.0:
+            raise ConfigError(f"selection_budget must be in (0, 1], got {self.selection_budget}")
         if self.num_sampled_actions < 1:
             raise ConfigError(f"num_sampled_actions must be >= 1, got {self.num_sampled_actions}")
 
@@ -115,6 +118,9 @@ class BCQLag(Learner):
         self.critics_target = frozen_copy(self.critics)
         self.q_threshold = per_step_cost_threshold(config.cost_limit * config.cost_scale, config.gamma,
                                                    config.episode_len)
+        # the margin below q* keeps the choice away from candidates whose cost value is just under it,
+        # where the choice favours the ones it underestimates
+        self.selection_threshold = self.q_threshold * config.selection_budget
         self.lagrangian = PIDLagrangian(self.q_threshold, PIDGains(config.pid_kp, config.pid_ki, config.pid_kd)).to(dev)
         self.vae_optim = make_adam(self.vae.parameters(), config.vae_lr, config.optimizer)
         self.actor_optim = make_adam(self.actor.parameters(), config.actor_lr, config.optimizer)
@@ -172,7 +178,7 @@ class BCQLag(Learner):
             blended = torch.stack([blended[0], (cfg.lmbda * high[1] + (1.0 - cfg.lmbda) * low[1]).clamp(min=0.0)])
         blended = blended.view(2, batch, samples)
         if cfg.action_selection == "constrained":
-            scores = constrained_choice_scores(blended[0], blended[1], self.q_threshold)
+            scores = constrained_choice_scores(blended[0], blended[1], self.selection_threshold)
             choice = scores.argmax(dim=1, keepdim=True)                          # [B, 1]
             best = torch.gather(blended, 2, choice.unsqueeze(0).expand(2, batch, 1)).squeeze(2)
         else:
@@ -240,7 +246,7 @@ class BCQLag(Learner):
     def policy_core(self) -> nn.Module:
         if self.config.action_selection == "constrained":
             return BCQSelectingPolicyCore(self.vae, self.actor, self.critics, REWARD_MEMBERS, COST_MEMBERS,
-                                          self.q_threshold, self.config.num_sampled_actions,
+                                          self.selection_threshold, self.config.num_sampled_actions,
                                           pessimistic_cost=self.config.pessimistic_cost)
         return BCQPolicyCore(self.vae, self.actor)
 

@@ -112,6 +112,12 @@ def load_policy(directory: Path, dataset: OfflineDataset | None = None) -> tuple
     """(policy_fn, task name): policy_fn maps float32 obs [B, obs_dim] to deterministic actions
     [B, act_dim] in [-1, 1] (the unit box; `Learner.deployable_policy` gives env-scaled ones)."""
     learner = load_learner(directory, dataset)
+    return policy_function(learner), learner.info.task
+
+
+def policy_function(learner: Learner) -> PolicyFn:
+    """`learner`'s deterministic policy as a function of float32 obs [B, obs_dim] to unit-box
+    actions [B, act_dim] (a snapshot: later updates of the learner do not reach it)."""
     policy = learner.deployable_policy()
     obs_dim = learner.info.obs_dim
 
@@ -122,4 +128,4 @@ def load_policy(directory: Path, dataset: OfflineDataset | None = None) -> tuple
         with torch.inference_mode():
             return policy.unit_actions(torch.from_numpy(obs)).numpy()
 
-    return policy_fn, learner.info.task
+    return policy_fn

@@ -174,3 +174,28 @@ def test_constrained_bcq_lag_policy_exports_to_onnx_and_matches_torch(random_dat
     (actions,) = session.run(None, {"observation": obs})
     with torch.no_grad():
         np.testing.assert_allclose(actions, policy(torch.from_numpy(obs)).numpy(), atol=1e-5)
+
+
+def test_cpq_known_answer_takes_the_rewarding_action_and_values_its_cost(dataset_builder, tmp_path: Path) -> None:
+    """Known answer for CPQ: +0.8 earns reward 1 and costs 1 per step, -0.8 earns and costs nothing,
+    and the next state does not depend on the action. Within a budget every step fits, the policy
+    must take +0.8, and both critic groups must value +0.8 one unit above -0.8 (the immediate
+    difference; the bootstrapped part is the same for both actions)."""
+    rng = np.random.default_rng(7)
+    rows = 3000
+    obs = rng.normal(size=(rows, 4))
+    costly = rng.random(rows) < 0.5
+    actions = np.where(costly, 0.8, -0.8)[:, None] + rng.normal(0.0, 0.02, size=(rows, 1))
+    ds = dataset_builder(obs, actions, costly.astype(np.float32), episode_len=50, rewards=costly.astype(np.float32))
+    learner, _ = fit("cpq", ds, tmp_path / "cpq",
+                     TrainConfig(steps=600, batch_size=128, num_threads=1, progress=False, log_every=200),
+                     {"actor_hidden": [32, 32], "critic_hidden": [64, 64], "vae_hidden": 64, "gamma": 0.9,
+                      "cost_limit": 1000.0, "reward_scale": 1.0, "actor_lr": 1e-3})
+    sample = torch.as_tensor(obs[:200], dtype=torch.float32)
+    with torch.no_grad():
+        chosen = learner.deployable_policy()(sample)
+        norm_obs = torch.from_numpy(learner.info.stats.normalize_observations(obs[:200]))
+        gap = (learner.critics(norm_obs, torch.full((200, 1), 0.8))
+               - learner.critics(norm_obs, torch.full((200, 1), -0.8))).mean(dim=1)
+    assert (chosen > 0.5).float().mean() > 0.9, chosen.flatten()[:10]
+    assert ((gap - 1.0).abs() < 0.3).all(), gap
