@@ -35,6 +35,7 @@ CIRCLE_RADIUS = 7.0         # the circle the Circle reward is centred on
 SPEED_LIMIT = {"Ball": 2.5, "Car": 1.5}
 CAR_SPEED_PER_THROTTLE = 3.4  # steady-state speed of the race car at |action[0]| = 1
 SAFE_SHARE = 0.4            # aggressiveness below this stays safe by design
+RECKLESS_CRUISE_MAX = 1.15  # reckless drivers' cruise speed, as a multiple of the speed limit, is below this
 CIRCLE_MAX_SPEED = {"Ball": 7.0, "Car": 3.0}
 # the cautious circle's radius range; the car turns wide, so its circle stays nearer the clip lines
 SAFE_CIRCLE_RADIUS = {"Ball": (5.5, 7.0), "Car": (4.5, 6.0)}
@@ -84,10 +85,10 @@ def _burst_window(share: np.ndarray, episode_len: int, rng: np.random.Generator)
 
 
 def run_knobs(agent: str, aggressiveness: np.ndarray, episode_len: int, rng: np.random.Generator) -> RunKnobs:
-    """Cautious drivers cruise below the limit in their lane; reckless ones add a burst over the
-    limit lasting a growing share of the episode, drifting across the boundary during it and
-    steering back into a lane inside it afterwards (so the data shows recoveries from unsafe
-    states, not only drivers that stay unsafe)."""
+    """Cautious drivers cruise below the limit in their lane; reckless ones cruise at up to just over
+    it and add a burst over the limit lasting a growing share of the episode, drifting across the
+    boundary during it and steering back into a lane inside it afterwards (so the data shows
+    recoveries from unsafe states, not only drivers that stay unsafe)."""
     a = np.asarray(aggressiveness, dtype=np.float64)
     n = a.shape[0]
     limit = SPEED_LIMIT[agent]
@@ -97,7 +98,9 @@ def run_knobs(agent: str, aggressiveness: np.ndarray, episode_len: int, rng: np.
     top_factor = 4.0 if agent == "Ball" else 2.0
     # reckless drivers vary independently in cruise and burst speed, so that episodes fill the
     # area below the reward/cost frontier instead of lying on one curve
-    cruise = np.where(safe, _lerp(0.45, 0.95, u_safe), rng.uniform(0.6, 0.88, size=n)) * limit
+    # (reckless cruise speeds reach just over the limit, so the data labels the speeds on both
+    # sides of it: a learner that drives at the limit must know where cost starts)
+    cruise = np.where(safe, _lerp(0.45, 0.95, u_safe), rng.uniform(0.6, RECKLESS_CRUISE_MAX, size=n)) * limit
     burst = _lerp(1.3, top_factor, _jitter(u_risk, rng)) * limit
     burst_start, burst_stop = _burst_window(u_risk, episode_len, rng)
     side = rng.choice([-1.0, 1.0], size=n)

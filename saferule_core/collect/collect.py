@@ -25,7 +25,8 @@ from saferule_core.tasks.spec import TaskSpec, get_task
 AGGRESSIVENESS_ATTR = "behaviour_aggressiveness"   # attrs key: JSON {episode_id: aggressiveness}
 # Bumped whenever the behaviour family changes, so caches keyed by it are not reused across changes.
 # 2: reckless Run drivers leave their lane only during the burst and steer back after it.
-BEHAVIOUR_VERSION = 2
+# 3: reckless Run drivers cruise at 0.6-1.15 (was 0.6-0.88) times the speed limit.
+BEHAVIOUR_VERSION = 3
 DEFAULT_START_TIME = 1_700_000_000.0               # POSIX seconds of the first synthetic episode
 EPISODE_GAP_S = 1.0                                # synthetic pause between consecutive episodes
 # Default episode counts: about 30k-60k env steps, under a minute on one core.

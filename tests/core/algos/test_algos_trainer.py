@@ -99,6 +99,12 @@ def test_bad_settings_are_refused(random_dataset, tmp_path: Path) -> None:
         make_config("bcq_lag", {"hiden": [3]})
     with pytest.raises(ConfigError, match="precision"):
         make_config("cpq", {"precision": "fp16"})
+    with pytest.raises(ConfigError, match="action_selection must be one of osrl, constrained"):
+        make_config("bcq_lag", {"action_selection": "greedy"})
+    with pytest.raises(ConfigError, match="selection_budget must be in"):
+        make_config("bcq_lag", {"selection_budget": 0.0})
+    with pytest.raises(ConfigError, match="num_sampled_actions"):
+        make_config("bcq_lag", {"num_sampled_actions": 0})
     with pytest.raises(ConfigError, match="list of integers"):
         make_config("bc_all", {"hidden": "big"})
     with pytest.raises(ConfigError, match="requires safe_only=True"):

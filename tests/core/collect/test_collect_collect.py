@@ -80,3 +80,20 @@ def test_unsupported_and_unknown_tasks_are_refused() -> None:
         collect_episodes("AntRun", episodes=1)
     with pytest.raises(TaskError, match="known tasks"):
         default_episodes("Bogus")
+
+
+def test_reckless_run_drivers_cross_the_boundary_during_the_burst_and_come_back() -> None:
+    """Behaviour version 2: the data must show recoveries from an unsafe lane, not only drivers
+    that stay across the boundary (an offline learner cannot learn a recovery it never sees)."""
+    reckless = collect_episodes("BallRun", episodes=16, seed=3, aggressiveness_range=(0.85, 0.95))
+    crossed = recovered = 0
+    start = 0
+    for length in reckless.episode_lengths:
+        lateral = 10.0 * reckless.observations[start:start + length, 1]     # obs[1] is 0.1 y
+        outside = np.nonzero(np.abs(lateral) > 2.0)[0]
+        if outside.size:
+            crossed += 1
+            recovered += int(outside.max() < length - 1)
+        start += length
+    assert crossed >= 12
+    assert recovered >= 2

@@ -32,8 +32,12 @@ TINY: dict[str, dict[str, object]] = {
     "bcq_lag": {"actor_hidden": [32, 32], "critic_hidden": [32, 32], "vae_hidden": 32, "num_sampled_actions": 4},
     "cpq": {"actor_hidden": [32, 32], "critic_hidden": [32, 32], "vae_hidden": 32, "num_sampled_actions": 4},
     "bc_all": {"hidden": [32, 32]},
+    "bcq_lag_constrained": {"actor_hidden": [32, 32], "critic_hidden": [32, 32], "vae_hidden": 32,
+                            "num_sampled_actions": 4, "action_selection": "constrained", "pessimistic_cost": True,
+                            "phi": 0.5},
 }
-TRAIN_STEPS = {"bcq_lag": 200, "cpq": 100, "bc_all": 150}
+ALGO_OF = {"bcq_lag_constrained": "bcq_lag"}      # variants: a name in TINY -> the algorithm it configures
+TRAIN_STEPS = {"bcq_lag": 200, "cpq": 100, "bc_all": 150, "bcq_lag_constrained": 200}
 
 torch.set_num_threads(1)
 
@@ -67,7 +71,8 @@ def forget_mask_of(dataset: OfflineDataset) -> np.ndarray:
 
 def train_tiny(algo: str, dataset: OfflineDataset, steps: int | None = None, seed: int = 0) -> Learner:
     seed_everything(seed)
-    learner = get_algo(algo).learner_class.from_dataset(dataset, make_config(algo, TINY[algo]))
+    name = ALGO_OF.get(algo, algo)
+    learner = get_algo(name).learner_class.from_dataset(dataset, make_config(name, TINY[algo]))
     sampler = BatchSampler(dataset, learner.info.stats, 64, seed=seed)
     for _ in range(steps or TRAIN_STEPS[algo]):
         learner.update(sampler.sample())

@@ -16,7 +16,8 @@ from tests.core.unlearning.conftest import forget_mask_of, small_config, two_beh
 
 CASES = [(algo, method) for algo in ("bcq_lag", "cpq", "bc_all")
          for method in ("safe_rule", "retrain", "finetune", "neggrad_plus", "trajdeleter")
-         if not (algo == "bc_all" and method == "trajdeleter")]
+         if not (algo == "bc_all" and method == "trajdeleter")] + \
+        [("bcq_lag_constrained", method) for method in ("safe_rule", "finetune", "trajdeleter")]
 
 
 def _weights_equal(a: Learner, b: Learner) -> bool:
