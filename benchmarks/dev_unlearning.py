@@ -33,13 +33,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from regime import dataset_for, poison  # noqa: E402
+from regime import dataset_for, parse_settings, poison  # noqa: E402
 from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_learner, policy_function  # noqa: E402
@@ -61,15 +60,12 @@ JOINT_REWARD_FRACTION = 0.9
 def unlearn_settings(pairs: list[str]) -> dict[str, Any]:
     """`section.key=value` pairs (e.g. safe_rule.cost_weight=5) as UnlearnConfig keyword sections."""
     sections: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SafeRuleError(f"--unlearn-set takes section.key=value pairs, got {pair!r}")
+    for key, value in parse_settings(pairs).items():
         section, dot, name = key.partition(".")
         if dot:
-            sections.setdefault(section, {})[name] = yaml.safe_load(value)
+            sections.setdefault(section, {})[name] = value
         else:
-            sections[section] = yaml.safe_load(value)
+            sections[section] = value
     return sections
 
 

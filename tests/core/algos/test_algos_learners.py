@@ -15,6 +15,7 @@ from saferule_core.algos.registry import ALGORITHMS, get_algo, make_config
 from saferule_core.algos.trainer import TrainConfig, fit
 from saferule_core.artifacts.checks import open_session
 from saferule_core.artifacts.export import default_check_observations, export_onnx
+from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import DatasetError
 
 QUICK = TrainConfig(steps=150, batch_size=64, num_threads=1, progress=False, log_every=50)
@@ -110,17 +111,24 @@ def test_bcq_lag_cost_critic_learns_which_action_costs(precision, dataset_builde
     assert (reward_gap.abs() < 0.2).all(), reward_gap              # rewards are all zero
 
 
-def test_constrained_bcq_lag_deploys_the_uncostly_mode_that_osrl_selection_cannot_reach(dataset_builder,
-                                                                                      tmp_path: Path) -> None:
-    """Two behaviour modes: +0.8 earns reward 1 and costs 1, -0.8 earns and costs nothing. Under a
-    budget that no costly step fits, the constrained policy must take the uncostly mode; OSRL's
-    policy moves the VAE's z = 0 action (between the modes) by at most phi."""
-    rng = np.random.default_rng(5)
+def two_mode_dataset(dataset_builder, seed: int) -> tuple[np.ndarray, OfflineDataset]:
+    """Two behaviour modes on random states: +0.8 earns reward 1 and costs 1 per step, -0.8 earns
+    and costs nothing; the next state does not depend on the action. (observations, dataset)."""
+    rng = np.random.default_rng(seed)
     rows = 3000
     obs = rng.normal(size=(rows, 4))
     costly = rng.random(rows) < 0.5
     actions = np.where(costly, 0.8, -0.8)[:, None] + rng.normal(0.0, 0.02, size=(rows, 1))
     ds = dataset_builder(obs, actions, costly.astype(np.float32), episode_len=50, rewards=costly.astype(np.float32))
+    return obs, ds
+
+
+def test_constrained_bcq_lag_deploys_the_uncostly_mode_that_osrl_selection_cannot_reach(dataset_builder,
+                                                                                      tmp_path: Path) -> None:
+    """Two behaviour modes: +0.8 earns reward 1 and costs 1, -0.8 earns and costs nothing. Under a
+    budget that no costly step fits, the constrained policy must take the uncostly mode; OSRL's
+    policy moves the VAE's z = 0 action (between the modes) by at most phi."""
+    obs, ds = two_mode_dataset(dataset_builder, seed=5)
     chosen = {}
     for selection in ("constrained", "osrl"):
         learner, _ = fit("bcq_lag", ds, tmp_path / selection,
@@ -181,12 +189,7 @@ def test_cpq_known_answer_takes_the_rewarding_action_and_values_its_cost(dataset
     and the next state does not depend on the action. Within a budget every step fits, the policy
     must take +0.8, and both critic groups must value +0.8 one unit above -0.8 (the immediate
     difference; the bootstrapped part is the same for both actions)."""
-    rng = np.random.default_rng(7)
-    rows = 3000
-    obs = rng.normal(size=(rows, 4))
-    costly = rng.random(rows) < 0.5
-    actions = np.where(costly, 0.8, -0.8)[:, None] + rng.normal(0.0, 0.02, size=(rows, 1))
-    ds = dataset_builder(obs, actions, costly.astype(np.float32), episode_len=50, rewards=costly.astype(np.float32))
+    obs, ds = two_mode_dataset(dataset_builder, seed=7)
     learner, _ = fit("cpq", ds, tmp_path / "cpq",
                      TrainConfig(steps=600, batch_size=128, num_threads=1, progress=False, log_every=200),
                      {"actor_hidden": [32, 32], "critic_hidden": [64, 64], "vae_hidden": 64, "gamma": 0.9,
