@@ -20,29 +20,31 @@ from tests.ros.ros_harness import CONFIG_DIR, RobotTopics, node_process, probe_n
 STOP_WITHIN_S = 5.0
 
 
-def test_a_hanging_teardown_is_cut_off_after_the_grace_period() -> None:
-    hang = ("from saferule_ros.spin import _exit_if_teardown_hangs\n"
-            "import time\n"
-            "_exit_if_teardown_hangs(0, 0.3)\n"
-            "time.sleep(30)\n"
-            "raise SystemExit(7)\n")
+@pytest.mark.parametrize("hang", ["time.sleep(30)",                       # GIL released
+                                  "ctypes.PyDLL(None).sleep(30)"])       # GIL held, as in a DDS teardown
+def test_a_hanging_teardown_is_cut_off_after_the_grace_period(hang: str) -> None:
+    script = ("import ctypes, time\n"
+              "from saferule_ros.spin import HardDeadline\n"
+              "HardDeadline(0, 0.8)\n"
+              f"{hang}\n"
+              "raise SystemExit(7)\n")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", hang], capture_output=True, text=True, timeout=25)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=25)
     assert done.returncode == 0, done.stderr
-    assert "did not finish within 0.3 s" in done.stderr
-    assert time.monotonic() - started < 25
+    assert "most recent call first" in done.stderr          # where it hung, from faulthandler
+    assert time.monotonic() - started < 10
 
 
 def test_a_teardown_that_finishes_is_not_cut_off() -> None:
-    quick = ("from saferule_ros.spin import _exit_if_teardown_hangs\n"
+    quick = ("from saferule_ros.spin import HardDeadline\n"
              "import time\n"
-             "watchdog = _exit_if_teardown_hangs(0, 0.5)\n"
-             "watchdog.cancel()\n"
-             "time.sleep(1.0)\n"
+             "deadline = HardDeadline(0, 0.8)\n"
+             "deadline.cancel()\n"
+             "time.sleep(1.5)\n"
              "raise SystemExit(7)\n")
     done = subprocess.run([sys.executable, "-c", quick], capture_output=True, text=True, timeout=25)
     assert done.returncode == 7
-    assert "did not finish" not in done.stderr
+    assert done.stderr == ""
 
 
 def test_a_node_process_ends_without_finalization_but_with_its_exit_handlers_and_output() -> None:

@@ -202,8 +202,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                     node.create_subscription(PolicyStatus, topic,
                                              lambda msg, robot=robot: statuses.__setitem__(robot, msg), 10)
             executor.spin_once(timeout_sec=0.1)
-            if args.robot and all(robot.strip("/") in statuses for robot in args.robot):
-                break                                 # every named robot has answered
+            # a fresh node discovers the server and each runner in its own time: stop early only
+            # when every named robot has answered and the server has been seen
+            server_up = client.forget_client.service_is_ready()
+            if args.robot and server_up and all(robot.strip("/") in statuses for robot in args.robot):
+                break
         server_up = client.forget_client.service_is_ready()
     print(f"unlearning server ({args.forget_service}): {'up' if server_up else 'not found'}")
     if not statuses:
@@ -280,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog="example: status --robot robot_1 --robot robot_2 --seconds 3")
     status.add_argument("--robot", action="append", default=[], help="robot namespace (default: all found)")
     status.add_argument("--seconds", type=float, default=5.0,
-                        help="how long to listen (default 5; with --robot, until every named robot is heard)")
+                        help="how long to listen (default 5; with --robot, until every named robot and the server are heard)")
     status.set_defaults(handler=cmd_status)
     return parser
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import faulthandler
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -26,7 +26,7 @@ from saferule_ros.params import ConfigError
 # After the node's own close() (which may flush data and must not be cut short), tearing down the
 # executor, the node and the DDS participant gets this long before the process exits regardless:
 # a node asked to stop must stop, even if middleware teardown hangs.
-TEARDOWN_GRACE_S = 5.0
+TEARDOWN_GRACE_S = 3.0
 # A stop signal that finds the node still spinning this long after the first one breaks out of the
 # callback that keeps it from stopping (launch sends SIGTERM 5 s after its SIGINT).
 STUCK_CALLBACK_S = 2.0
@@ -82,24 +82,77 @@ class StopSignals:
             raise KeyboardInterrupt
 
 
-def _exit_if_teardown_hangs(status: int, grace_s: float) -> threading.Timer:
-    def force_exit() -> None:
-        print(f"ROS teardown did not finish within {grace_s:g} s; exiting anyway", file=sys.stderr, flush=True)
-        os._exit(status)
-
-    timer = threading.Timer(grace_s, force_exit)
-    timer.daemon = True
-    timer.start()
-    return timer
+class _SigevThread(ctypes.Structure):
+    _fields_ = [("function", ctypes.c_void_p), ("attributes", ctypes.c_void_p)]
 
 
-def _teardown(executor: Executor, node: Node | None, status: int) -> None:
-    watchdog = _exit_if_teardown_hangs(status, TEARDOWN_GRACE_S)
+class _SigevDetails(ctypes.Union):
+    _fields_ = [("padding", ctypes.c_int * 12), ("thread", _SigevThread)]
+
+
+class _Sigevent(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_void_p), ("signo", ctypes.c_int), ("notify", ctypes.c_int),
+                ("details", _SigevDetails)]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("seconds", ctypes.c_long), ("nanoseconds", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("interval", _Timespec), ("value", _Timespec)]
+
+
+_CLOCK_MONOTONIC = 1
+_SIGEV_THREAD = 2
+
+
+class HardDeadline:
+    """Ends the process with `status` `grace_s` from now, whatever its threads are doing.
+
+    A Python watchdog thread is not enough: a teardown that hangs inside the middleware while
+    holding the GIL (DDS participant deletion waiting on one of its own threads) never lets it run,
+    and by then the stop signals are ignored, so only launch's SIGKILL ended the node. Here the
+    C library's own timer thread (timer_create with SIGEV_THREAD) calls _exit(status) directly:
+    no Python, no GIL. Half a second before it, faulthandler (also a C thread) writes every Python
+    thread's stack to stderr, so a hang says where it was. Where libc's timers are unavailable,
+    faulthandler's own exit (status 1) is the fallback.
+    """
+
+    def __init__(self, status: int, grace_s: float) -> None:
+        self._timer: ctypes.c_void_p | None = None
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        dump_after = max(grace_s - 0.5, grace_s / 2)
+        try:
+            self._timer = self._arm(status, grace_s)
+            faulthandler.dump_traceback_later(dump_after, exit=False, file=sys.stderr)
+        except (AttributeError, OSError):
+            faulthandler.dump_traceback_later(grace_s, exit=True, file=sys.stderr)
+
+    def _arm(self, status: int, grace_s: float) -> ctypes.c_void_p:
+        event = _Sigevent(value=status, notify=_SIGEV_THREAD)
+        event.details.thread.function = ctypes.cast(self._libc._exit, ctypes.c_void_p).value
+        timer = ctypes.c_void_p()
+        if self._libc.timer_create(_CLOCK_MONOTONIC, ctypes.byref(event), ctypes.byref(timer)) != 0:
+            raise OSError(ctypes.get_errno(), "timer_create failed")
+        whole = int(grace_s)
+        expiry = _Itimerspec(value=_Timespec(whole, int((grace_s - whole) * 1e9)))
+        if self._libc.timer_settime(timer, 0, ctypes.byref(expiry), None) != 0:
+            raise OSError(ctypes.get_errno(), "timer_settime failed")
+        return timer
+
+    def cancel(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        if self._timer is not None:
+            self._libc.timer_delete(self._timer)
+            self._timer = None
+
+
+def _teardown(executor: Executor, node: Node | None) -> None:
     executor.shutdown(timeout_sec=TEARDOWN_GRACE_S / 2)
     if node is not None:
         node.destroy_node()
     rclpy.try_shutdown()
-    watchdog.cancel()
 
 
 def _end_process(status: int) -> NoReturn:
@@ -154,6 +207,7 @@ def run_node(make_node: Callable[[], Node], args: Sequence[str] | None = None, t
                 if callable(close):
                     close()
         finally:
-            _teardown(executor, node, status)
+            HardDeadline(status, TEARDOWN_GRACE_S)    # covers the teardown and the exit handlers
+            _teardown(executor, node)
             stop.ignore_from_now_on()
     _end_process(status)
