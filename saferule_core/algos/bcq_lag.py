@@ -91,6 +91,7 @@ class BCQLagConfig(LearnerConfig):
     action_selection: str = "osrl"    # "osrl" | "constrained" (see the module docstring)
     pessimistic_cost: bool = False    # cost twins: max (not min) in targets, actor and selection; targets >= 0
     selection_budget: float = 1.0     # constrained selection accepts cost values up to this fraction of q_threshold
+    critic_layer_norm: bool = False   # layer norm before each hidden ReLU of the critics (not in OSRL)
 
     def validate(self) -> None:
         super().validate()
@@ -113,7 +114,8 @@ class BCQLag(Learner):
         obs_dim, act_dim, dev = info.obs_dim, info.act_dim, self.device
         self.vae = ConditionalVAE(obs_dim, act_dim, config.vae_hidden).to(dev)
         self.actor = PerturbationActor(obs_dim, act_dim, config.actor_hidden, config.phi).to(dev)
-        self.critics = EnsembleCritic(obs_dim, act_dim, config.critic_hidden, members=4).to(dev)
+        self.critics = EnsembleCritic(obs_dim, act_dim, config.critic_hidden, members=4,
+                                      layer_norm=config.critic_layer_norm).to(dev)
         self.actor_target = frozen_copy(self.actor)
         self.critics_target = frozen_copy(self.critics)
         self.q_threshold = per_step_cost_threshold(config.cost_limit * config.cost_scale, config.gamma,
@@ -126,7 +128,7 @@ class BCQLag(Learner):
         self.actor_optim = make_adam(self.actor.parameters(), config.actor_lr, config.optimizer)
         self.critic_optim = make_adam(self.critics.parameters(), config.critic_lr, config.optimizer)
         self._fused_targets = config.fused_targets and config.precision == "bf16" and not config.compile and \
-            fused_inference_available(dev)
+            not config.critic_layer_norm and fused_inference_available(dev)
         self._vae_loss = self.maybe_compile(self._vae_loss_impl)
         self._critic_targets = self.maybe_compile(self._critic_targets_impl)
         self._critic_loss = self.maybe_compile(self._critic_loss_impl)

@@ -134,9 +134,14 @@ class EnsembleCritic(nn.Module):
     subset (e.g. only the cost critics) without touching the others' weights.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], members: int) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], members: int,
+                 layer_norm: bool = False) -> None:
         super().__init__()
         self.members = members
+        # Layer normalisation (no learned scale or shift) before each hidden ReLU bounds how far the
+        # values of actions outside the data can grow, which is what diverges when targets bootstrap
+        # from the critic's own best guesses.
+        self.layer_norm = layer_norm
         sizes = [obs_dim + act_dim, *hidden, 1]
         self.layers = nn.ModuleList(EnsembleLinear(members, sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
 
@@ -146,11 +151,16 @@ class EnsembleCritic(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, members)
             if i < last:
+                if self.layer_norm:
+                    h = nn.functional.layer_norm(h, h.shape[-1:])
                 h = torch.relu_(h)
         return h.squeeze(-1)
 
     def fused_forward_bf16(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """`forward` for every member in bfloat16 with fused ReLUs (no autograd), [members, B]."""
+        """`forward` for every member in bfloat16 with fused ReLUs (no autograd), [members, B];
+        not for layer-normalised critics."""
+        if self.layer_norm:
+            raise ValueError("fused_forward_bf16 has no layer normalisation")
         x = torch.cat([obs, act], dim=-1).to(torch.bfloat16)
         # each layer's weights cast once for all members ([members, out, in], as the fused op wants)
         weights = [(layer.weight.transpose(1, 2).to(torch.bfloat16), layer.bias[:, 0].to(torch.bfloat16))

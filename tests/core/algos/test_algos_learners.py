@@ -168,11 +168,15 @@ def test_episode_length_and_threshold_come_from_the_task(random_dataset, tiny) -
     assert unknown.config.episode_len == 25                      # falls back to the longest episode
 
 
-def test_constrained_bcq_lag_policy_exports_to_onnx_and_matches_torch(random_dataset, tiny, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_constrained_bcq_lag_policy_exports_to_onnx_and_matches_torch(random_dataset, tiny, tmp_path: Path,
+                                                                      layer_norm: bool) -> None:
     ds = random_dataset(obs_dim=6, act_dim=2)
     learner, _ = fit("bcq_lag", ds, tmp_path / "model",
                      TrainConfig(steps=60, batch_size=64, num_threads=1, progress=False, log_every=20),
-                     {**tiny["bcq_lag"], "action_selection": "constrained", "pessimistic_cost": True})
+                     {**tiny["bcq_lag"], "action_selection": "constrained", "pessimistic_cost": True,
+                      "critic_layer_norm": layer_norm})
+    assert learner.critics.layer_norm is layer_norm
     policy = learner.deployable_policy()
     low, high = -np.ones(2), np.ones(2)
     report = export_onnx(policy, 6, 2, tmp_path / "policy.onnx", low, high, latency_runs=20)

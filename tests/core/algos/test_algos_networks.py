@@ -56,6 +56,24 @@ def test_ensemble_critic_members_are_independent_networks() -> None:
     assert grad is not None and grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
 
 
+def test_layer_normalised_critic_values_stay_bounded_far_from_the_data() -> None:
+    """With layer norm the last hidden layer has unit scale whatever the input, so |Q| is at most
+    |w|_2 * sqrt(width) + |b| per member; without it Q grows with the input's size."""
+    torch.manual_seed(0)
+    plain = EnsembleCritic(obs_dim=6, act_dim=2, hidden=[16, 16], members=2)
+    normed = EnsembleCritic(obs_dim=6, act_dim=2, hidden=[16, 16], members=2, layer_norm=True)
+    normed.load_state_dict(plain.state_dict())
+    obs, act = torch.randn(50, 6), torch.randn(50, 2)
+    last = normed.layers[-1]
+    bound = last.weight.squeeze(-1).norm(dim=-1) * 16 ** 0.5 + last.bias.squeeze(-1).squeeze(-1).abs()
+    for scale in (1.0, 1e3):
+        with torch.no_grad():
+            q = normed(obs * scale, act * scale)
+        assert (q.abs() <= bound.unsqueeze(-1) + 1e-4).all()
+    with torch.no_grad():
+        assert plain(obs * 1e3, act * 1e3).abs().max() > 10 * bound.max()
+
+
 def test_mlp_shapes_and_output_activation() -> None:
     net = mlp(3, [8, 8], 2, output_activation=torch.nn.Tanh)
     out = net(torch.randn(5, 3) * 100)

@@ -53,7 +53,7 @@ from saferule_interfaces.action import Unlearn
 from saferule_interfaces.srv import Forget
 from saferule_ros.fleet_client import FleetClient, event_waiter
 from saferule_ros.forget_messages import metrics_to_msgs, selector_from_msg, selector_is_set
-from saferule_ros.job_queue import JobQueue, QueuedJob
+from saferule_ros.job_queue import AcceptanceOrder, JobQueue, QueuedJob
 from saferule_ros.params import ConfigError, declare_config
 from saferule_ros.spin import run_node
 from saferule_ros.topics import recorder_qos
@@ -220,6 +220,7 @@ class UnlearningServer(Node):
         self._pending_forget = 0                  # taken and not yet answered
         self._goals_lock = threading.Lock()
         self._goals: dict[bytes, _Goal] = {}        # by goal uuid
+        self._acceptance = AcceptanceOrder()
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self.jobs_done = self.jobs_failed = 0
@@ -421,6 +422,7 @@ class UnlearningServer(Node):
         if len(self.queue.jobs()) >= self.config.max_queued:
             self.get_logger().warning(f"Unlearn goal rejected: {self.config.max_queued} jobs are already queued")
             return GoalResponse.REJECT
+        self._acceptance.take_ticket(goal)
         return GoalResponse.ACCEPT
 
     def _on_accepted(self, handle: ServerGoalHandle) -> None:
@@ -428,16 +430,17 @@ class UnlearningServer(Node):
         goal = _Goal(handle)
         with self._goals_lock:
             self._goals[bytes(handle.goal_id.uuid)] = goal
-        try:
-            self._admit(goal)
-        except SafeRuleError as err:
-            self._finish_unstarted(goal, JobOutcome(False, str(err)), "Unlearn goal refused")
-            return
-        except Exception as err:
-            self.get_logger().error(f"Unlearn admission failed: {traceback.format_exc()}")
-            self._finish_unstarted(goal, JobOutcome(False, f"internal error: {type(err).__name__}: {err}"),
-                                   "Unlearn goal refused")
-            return
+        with self._acceptance.turn(handle.request):
+            try:
+                self._admit(goal)
+            except SafeRuleError as err:
+                self._finish_unstarted(goal, JobOutcome(False, str(err)), "Unlearn goal refused")
+                return
+            except Exception as err:
+                self.get_logger().error(f"Unlearn admission failed: {traceback.format_exc()}")
+                self._finish_unstarted(goal, JobOutcome(False, f"internal error: {type(err).__name__}: {err}"),
+                                       "Unlearn goal refused")
+                return
         self._wakeup.set()
 
     def _admit(self, pending: _Goal) -> None:
