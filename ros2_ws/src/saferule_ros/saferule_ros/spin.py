@@ -122,12 +122,12 @@ class HardDeadline:
     def __init__(self, status: int, grace_s: float) -> None:
         self._timer: ctypes.c_void_p | None = None
         self._libc = ctypes.CDLL(None, use_errno=True)
-        dump_after = max(grace_s - 0.5, grace_s / 2)
-        try:
+        with contextlib.suppress(AttributeError, OSError):
             self._timer = self._arm(status, grace_s)
-            faulthandler.dump_traceback_later(dump_after, exit=False, file=sys.stderr)
-        except (AttributeError, OSError):
-            faulthandler.dump_traceback_later(grace_s, exit=True, file=sys.stderr)
+        armed = self._timer is not None
+        with contextlib.suppress(ValueError, OSError, RuntimeError):   # e.g. a stderr without a descriptor
+            faulthandler.dump_traceback_later(max(grace_s - 0.5, grace_s / 2) if armed else grace_s,
+                                              exit=not armed, file=sys.stderr)
 
     def _arm(self, status: int, grace_s: float) -> ctypes.c_void_p:
         event = _Sigevent(value=status, notify=_SIGEV_THREAD)
