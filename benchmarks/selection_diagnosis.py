@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from saferule_core.algos.bcq_lag import COST_MEMBERS, REWARD_MEMBERS, BCQLag  # noqa: E402
+from saferule_core.algos.bcq_lag import BCQLag  # noqa: E402
 from saferule_core.algos.checkpoint import load_learner  # noqa: E402
 from saferule_core.data.store import DatasetStore  # noqa: E402
 from saferule_core.errors import SafeRuleError  # noqa: E402
@@ -33,29 +33,16 @@ from saferule_core.errors import SafeRuleError  # noqa: E402
 
 def diagnose(learner: BCQLag, observations: np.ndarray) -> dict[str, float]:
     core = learner.policy_core()
-    obs = torch.from_numpy(learner.info.stats.normalize_observations(observations)).double()
-    batch, count = obs.shape[0], core.latents.shape[0]
-    obs_rep = obs.unsqueeze(1).expand(batch, count, -1).reshape(batch * count, -1)
-    latents = core.latents.unsqueeze(0).expand(batch, count, -1).reshape(batch * count, -1)
-    vae, actor, critics = (module.double() for module in (learner.vae, learner.actor, learner.critics))
-    try:
-        with torch.no_grad():
-            candidates = actor(obs_rep, vae.decode(obs_rep, latents))
-            q = critics(obs_rep, candidates)
-            costs = q[COST_MEMBERS]
-            q_cost = (costs.max(dim=0).values if learner.config.pessimistic_cost else costs.min(dim=0).values)
-            q_cost, q_reward = q_cost.view(batch, count), q[REWARD_MEMBERS].min(dim=0).values.view(batch, count)
-            feasible = q_cost <= learner.selection_threshold
-            best_feasible = torch.where(feasible, q_reward, torch.full_like(q_reward, -torch.inf)).max(dim=1).values
-            chosen = core(obs)
-    finally:
-        for module in (learner.vae, learner.actor, learner.critics):
-            module.float()
-    spread = candidates.view(batch, count, -1).std(dim=1).mean()
+    obs = torch.from_numpy(learner.info.stats.normalize_observations(observations)).float()
+    with torch.no_grad():
+        candidates, q_reward, q_cost = core.scored_candidates(obs)
+        chosen = core(obs)
+    feasible = q_cost <= learner.selection_threshold
+    best_feasible = torch.where(feasible, q_reward, torch.full_like(q_reward, -torch.inf)).max(dim=1).values
     some = feasible.any(dim=1)
     return {"threshold": learner.selection_threshold, "qc_min": float(q_cost.min(dim=1).values.mean()),
             "qc_median": float(q_cost.median(dim=1).values.mean()), "none_feasible": float((~some).float().mean()),
-            "candidate_spread": float(spread),
+            "candidate_spread": float(candidates.std(dim=1).mean()),
             "qr_best_feasible": float(best_feasible[some].mean()) if bool(some.any()) else float("nan"),
             "qr_best": float(q_reward.max(dim=1).values.mean()), "abs_action": float(chosen.abs().mean())}
 

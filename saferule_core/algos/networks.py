@@ -358,7 +358,9 @@ class BCQSelectingPolicyCore(nn.Module):
         self.pessimistic_cost = pessimistic_cost
         self.register_buffer("latents", deploy_latents(candidates, vae.latent_dim).double())
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+    def scored_candidates(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """float64 candidates [B, N, act] (gradients reach the actor) and their reward and cost
+        values [B, N] (no gradients), for normalised observations [B, obs]."""
         batch, count = obs.shape[0], self.latents.shape[0]
         obs_rep = obs.double().unsqueeze(1).expand(batch, count, obs.shape[-1]).reshape(batch * count, -1)
         latents = self.latents.unsqueeze(0).expand(batch, count, self.latents.shape[-1]).reshape(batch * count, -1)
@@ -369,11 +371,15 @@ class BCQSelectingPolicyCore(nn.Module):
             q = _in_float64(self.critics)(obs_rep, candidates.detach())             # [members, B*N]
             costs = q[self.cost_members]
             cost = costs.max(dim=0).values if self.pessimistic_cost else costs.min(dim=0).values
-            scores = constrained_choice_scores(q[self.reward_members].min(dim=0).values, cost, self.cost_threshold)
-            choice = scores.view(batch, count).argmax(dim=1)                        # [B]
-        act_dim = candidates.shape[-1]
-        index = choice.view(batch, 1, 1).expand(batch, 1, act_dim)
-        return torch.gather(candidates.view(batch, count, act_dim), 1, index).squeeze(1).to(obs.dtype)
+            reward = q[self.reward_members].min(dim=0).values
+        return candidates.view(batch, count, -1), reward.view(batch, count), cost.view(batch, count)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        candidates, reward, cost = self.scored_candidates(obs)
+        with torch.no_grad():
+            choice = constrained_choice_scores(reward, cost, self.cost_threshold).argmax(dim=1)   # [B]
+        index = choice.view(-1, 1, 1).expand(-1, 1, candidates.shape[-1])
+        return torch.gather(candidates, 1, index).squeeze(1).to(obs.dtype)
 
 
 class DeployablePolicy(nn.Module):

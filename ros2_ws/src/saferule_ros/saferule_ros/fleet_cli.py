@@ -195,6 +195,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.seconds
         node.create_subscription(String, f"/{FLEET_STATUS_TOPIC}", lambda msg: fleet.append(msg.data), 10)
         subscribed: set[str] = set()
+        server_up = client.forget_client.service_is_ready()
         while time.monotonic() < deadline:
             for robot, topic in status_topics(node, args.robot):
                 if topic not in subscribed:
@@ -207,7 +208,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             server_up = client.forget_client.service_is_ready()
             if args.robot and server_up and all(robot.strip("/") in statuses for robot in args.robot):
                 break
-        server_up = client.forget_client.service_is_ready()
     print(f"unlearning server ({args.forget_service}): {'up' if server_up else 'not found'}")
     if not statuses:
         print(f"no policy_status heard in {args.seconds:g} s" + ("" if args.robot else " (no runner found)"))
@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog="example: status --robot robot_1 --robot robot_2 --seconds 3")
     status.add_argument("--robot", action="append", default=[], help="robot namespace (default: all found)")
     status.add_argument("--seconds", type=float, default=5.0,
-                        help="how long to listen (default 5; with --robot, until every named robot and the server are heard)")
+                        help="how long to listen (default 5; with --robot, until every named robot "
+                             "and the server are heard)")
     status.set_defaults(handler=cmd_status)
     return parser
 

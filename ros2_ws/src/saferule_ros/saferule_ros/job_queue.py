@@ -170,9 +170,11 @@ class AcceptanceOrder:
     @contextmanager
     def turn(self, goal: object) -> Iterator[None]:
         """Wait until `goal` is the oldest accepted goal not yet admitted; admit it in the block."""
+        def its_turn() -> bool:
+            return self._tickets[0] is goal if any(t is goal for t in self._tickets) else True
+
         with self._changed:
-            first = lambda: not any(t is goal for t in self._tickets) or self._tickets[0] is goal  # noqa: E731
-            if not self._changed.wait_for(first, timeout=self.patience_s):
+            if not self._changed.wait_for(its_turn, timeout=self.patience_s):
                 while self._tickets and self._tickets[0] is not goal:   # goals that never got to their turn
                     self._tickets.pop(0)
         try:
