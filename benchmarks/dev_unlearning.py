@@ -48,7 +48,8 @@ from saferule_core.eval.evaluate import evaluate_policy  # noqa: E402
 from saferule_core.eval.stats import wilson_interval  # noqa: E402
 from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
-from saferule_core.unlearning.api import APPROXIMATE_METHODS, UnlearnConfig, unlearn  # noqa: E402
+from saferule_core.unlearning.api import UnlearnConfig, unlearn  # noqa: E402
+from saferule_core.unlearning.methods import APPROXIMATE_METHODS  # noqa: E402
 
 REGIME_RESULTS = ROOT / "benchmarks" / "results" / "regime"
 RESULTS = ROOT / "benchmarks" / "results" / "dev_unlearning"

@@ -60,7 +60,8 @@ from saferule_core.eval import evaluate_policy, forget_quality  # noqa: E402
 from saferule_core.algos.networks import native_bf16_available  # noqa: E402
 from saferule_core.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
-from saferule_core.unlearning.api import METHODS, unlearn  # noqa: E402
+from saferule_core.unlearning.api import unlearn  # noqa: E402
+from saferule_core.unlearning.methods import APPROXIMATE_METHODS, METHOD_NAMES, get_method  # noqa: E402
 from saferule_core.unlearning.config import UnlearnConfig  # noqa: E402
 from saferule_core.unlearning.models import load_model, save_model_dir  # noqa: E402
 from saferule_core.unlearning.sisa import SISAEnsemble, train_sisa  # noqa: E402
@@ -77,7 +78,6 @@ TRIGGER_SIGMAS = 5.0
 # The approximate methods' results are cached under a key that includes the unlearning package's
 # source, so that a change to Safe-RULE or a baseline reruns them (cheap) instead of reporting a
 # stale result; retraining and SISA are full trainings and depend on the learners, not on this code.
-APPROXIMATE_METHODS: frozenset[str] = frozenset({"safe_rule", "finetune", "neggrad_plus", "trajdeleter"})
 UNLEARNING_SOURCE_HASH = hashlib.sha256(b"".join(
     path.read_bytes() for path in sorted((ROOT / "saferule_core" / "unlearning").glob("*.py")))).hexdigest()[:10]     # the trigger sits this many standard deviations above its channel's mean
 
@@ -265,8 +265,8 @@ class Bench:
     def unlearned(self, method: str, model: Learner, model_key: str, data: OfflineDataset, mask: np.ndarray,
                   label: str, seed: int) -> tuple[Learner, dict[str, Any], str]:
         config = self.unlearn_config(seed)
-        section = {"safe_rule": config.safe_rule, "neggrad_plus": config.neggrad_plus,
-                   "trajdeleter": config.trajdeleter, "sisa": config.sisa}.get(method)
+        section_name = get_method(method).settings_section
+        section = getattr(config, section_name) if section_name else None
         settings = [data.dataset_hash(), model_key, config.steps, config.batch_size,
                     config.forget_batch_size, config.seed, asdict(section) if section else None]
         if method in APPROXIMATE_METHODS:
@@ -432,7 +432,7 @@ def verdicts(summary_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-UNLEARNING_METHODS_SHOWN: tuple[str, ...] = ("retrain", "safe_rule", "finetune", "neggrad_plus", "trajdeleter", "sisa")
+UNLEARNING_METHODS_SHOWN: tuple[str, ...] = ("retrain", *(m for m in METHOD_NAMES if m != "retrain"))
 
 
 def safety_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -481,8 +481,7 @@ def markdown(summary_rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]
              "poisoned policy's (0 = like retraining, 1 = no better than the poisoned policy). Mean +- std over seeds.",
              "", "| task | attack | method | seeds | norm. reward | norm. cost @10 | @20 | @40 | wall / retrain | "
              "forget quality |", "|---|---|---|---|---|---|---|---|---|---|"]
-    order = {m: i for i, m in enumerate(("clean", "poisoned", "retrain", "safe_rule", "finetune", "neggrad_plus",
-                                         "trajdeleter", "sisa"))}
+    order = {m: i for i, m in enumerate(("clean", "poisoned", *UNLEARNING_METHODS_SHOWN))}
     for row in sorted(summary_rows, key=lambda r: (r["task"], r["attack"], order.get(r["method"], 99))):
         def cell(name: str, digits: int = 2) -> str:
             if name not in row:
@@ -566,7 +565,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="Bullet tasks (default BallRun CarRun; CarCircle is not learnt in the quick profile's 3000 updates)")
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS),
+    parser.add_argument("--methods", nargs="*", choices=METHOD_NAMES, default=list(METHOD_NAMES),
                         help="methods to run (default all; none: only the clean and poisoned policies)")
     parser.add_argument("--algo", choices=("bcq_lag", "cpq"), default="bcq_lag")
     parser.add_argument("--cost-limit", type=float, default=10.0, help="the learner's episode cost limit")
@@ -638,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     UnlearnConfig.from_dict({**settings.unlearn})  # fail fast on a bad --set
     torch.set_num_threads(args.threads)
     work = args.work_dir / args.algo
-    methods = [m for m in METHODS if m in args.methods]
+    methods = [m for m in METHOD_NAMES if m in args.methods]
     units = len(args.tasks) * len(seeds) * (1 + len(args.attacks) * (1 + len(set(methods) | {"retrain"} if methods else ())))
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()

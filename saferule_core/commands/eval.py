@@ -42,9 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from saferule_core.algos.checkpoint import load_policy  # torch: imported only when needed
+    from saferule_core.algos.checkpoint import policy_function  # torch: imported only when needed
+    from saferule_core.unlearning.models import load_model      # a single model or a SISA ensemble
 
-    policy_fn, model_task = load_policy(args.model_dir)
+    learner = load_model(args.model_dir)
+    policy_fn, model_task = policy_function(learner), learner.info.task
     task_name = args.task or model_task
     if not task_name:
         raise ModelError(f"the model in {args.model_dir} does not name its task; pass --task")

@@ -54,11 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saferule_core.algos.checkpoint import load_learner
     from saferule_core.artifacts.export import default_check_observations, export_and_publish
     from saferule_core.artifacts.manifest import ManifestFields
     from saferule_core.artifacts.registry import PolicyRegistry
     from saferule_core.artifacts.signing import default_key_dir, load_signing_key
+    from saferule_core.unlearning.models import load_model
 
     signing_key = load_signing_key(args.key or default_key_dir())  # before the slow part
     registry = PolicyRegistry(args.registry)
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         registry.manifest(args.parent)  # fail fast on a missing parent
     with tqdm(total=2, desc="export", unit="stage") as bar:
         bar.set_postfix_str("load model")
-        learner = load_learner(args.model_dir)
+        learner = load_model(args.model_dir)
         info = learner.info
         stats = info.stats
         bar.update()

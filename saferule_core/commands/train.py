@@ -31,10 +31,16 @@ ordinary model directory per seed, --out/seed_<N>, that eval, export and unlearn
 Model N is the same learner as a --seed N run (up to float summation order). Algorithms that
 stack: {stackable}. Stacked runs do not resume.
 
+--sisa-shards K trains a SISA ensemble for exact unlearning by sharding: the episodes are dealt at
+random (by --seed) into K disjoint shards, one model per shard is fitted with --steps updates (as
+one stack where the algorithm stacks), and the policy averages the shards' actions. `saferule
+unlearn --method sisa` later refits only the shards that held forgotten episodes.
+
 example:
   saferule train data/ballrun --algo bcq_lag --steps 100000 --out runs/ballrun-bcql --seed 0
   saferule train data/ballrun --algo bc_safe --steps 20000 --out runs/ballrun-bcs --cost-limit 20
   saferule train data/ballrun --algo bcq_lag --steps 20000 --out runs/bcql-5 --seeds 0 1 2 3 4
+  saferule train data/ballrun --algo bcq_lag --steps 20000 --out runs/bcql-sisa --sisa-shards 4
 """
 
 TRAIN_KEYS = ("batch_size", "num_threads", "log_every", "checkpoint_every")
@@ -54,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     seeds.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     seeds.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
                        help="train these seeds as one stacked model into --out/seed_<N> (see above)")
+    parser.add_argument("--sisa-shards", type=int, default=None, metavar="K",
+                        help="train a SISA ensemble of K shard models (see above)")
     parser.add_argument("--cost-limit", type=float, default=None, help="episode cost budget (default 10)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="bf16: bfloat16 autocast for the matmuls, fp32 weights (default fp32)")
@@ -114,8 +122,12 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"train setting {key} must be an integer, got {value!r}")
     _warn_if_bf16_is_emulated(overrides)
+    if args.seeds is not None and args.sisa_shards is not None:
+        raise ConfigError("--seeds and --sisa-shards do not combine: a SISA ensemble takes one --seed")
     if args.seeds is not None:
         return _run_seeds(args, overrides, train_overrides)
+    if args.sisa_shards is not None:
+        return _run_sisa(args, overrides, train_overrides)
     train_config = TrainConfig(steps=args.steps, seed=args.seed, progress=not args.quiet, **train_overrides)
 
     dataset = DatasetStore.open(args.dataset).load()
@@ -146,4 +158,37 @@ def _run_seeds(args: argparse.Namespace, overrides: dict[str, Any], train_overri
     for seed, metrics in zip(args.seeds, result.metrics):
         summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"  seed {seed}: {summary}")
+    return 0
+
+
+def _run_sisa(args: argparse.Namespace, overrides: dict[str, Any], train_overrides: dict[str, Any]) -> int:
+    from tqdm import tqdm
+
+    from saferule_core.algos.checkpoint import MODEL_FILE
+    from saferule_core.data.store import DatasetStore
+    from saferule_core.unlearning.models import save_model_dir
+    from saferule_core.unlearning.sisa import SISA_FILE, train_sisa
+
+    shards = args.sisa_shards
+    if isinstance(shards, bool) or shards < 2:
+        raise ConfigError(f"--sisa-shards must be at least 2 (one shard is plain training), got {shards}")
+    if args.resume:
+        raise ConfigError("--resume continues one run; SISA runs do not resume")
+    if args.steps <= 0:
+        raise ConfigError(f"--steps must be positive, got {args.steps}")
+    if (args.out / SISA_FILE).exists() or (args.out / MODEL_FILE).exists():
+        raise ConfigError(f"{args.out} already holds a trained model; choose another output directory")
+    dataset = DatasetStore.open(args.dataset).load()
+    if shards > dataset.num_episodes:
+        raise ConfigError(f"--sisa-shards {shards} would leave shards empty: the dataset has only "
+                          f"{dataset.num_episodes} episodes")
+    with tqdm(total=shards * args.steps, desc=f"train sisa {shards} x {args.algo}", unit="step",
+              disable=args.quiet) as bar:
+        ensemble = train_sisa(args.algo, dataset, shards, args.steps, batch_size=train_overrides.get("batch_size", 256),
+                              seed=args.seed, overrides=overrides, num_threads=train_overrides.get("num_threads", 2),
+                              callback=lambda _shard, _step: bar.update())
+    save_model_dir(args.out, ensemble)
+    sizes = " ".join(str(len(record.episode_ids)) for record in ensemble.records)
+    print(f"trained a SISA ensemble of {shards} x {args.algo} ({args.steps} steps each; episodes per shard: {sizes}) "
+          f"-> {args.out}")
     return 0

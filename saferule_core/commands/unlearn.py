@@ -11,7 +11,7 @@ import yaml
 
 from saferule_core.commands.selector_args import add_selector_arguments, selector_from_args
 from saferule_core.errors import UnlearningError
-from saferule_core.unlearning.config import METHODS
+from saferule_core.unlearning.methods import METHOD_NAMES, methods_help
 
 # Metrics shown on the progress bar when the method reports them (the constraint first).
 PROGRESS_KEYS: tuple[str, ...] = ("q_cost", "lagrange_multiplier", "alpha", "forget_cost_hinge", "forget_reward_hinge",
@@ -33,15 +33,10 @@ episodes stay quarantined: run it again with --request-id to re-run it); refusal
 dataset) change nothing.
 
 Methods:
-  safe_rule     bounded suppression of the forget set + cost-aware repair (docs/safe_rule.md)
-  retrain       exact: refit from scratch on the retained data (slow, the gold standard)
-  finetune      the learner's own updates on retained data
-  neggrad_plus  descent on retained data + gradient ascent on forget data
-  trajdeleter   TrajDeleter-style two phases, not cost aware
-  sisa          exact, for SISA ensembles: refit only the shards that held forget episodes
+{methods}
 
 --config takes a YAML mapping of unlearning settings (e.g. `steps: 2000`, `safe_rule:
-{cost_weight: 2.0}`); see saferule_core/unlearning/config.py.
+{{cost_weight: 2.0}}`); see saferule_core/unlearning/config.py.
 """
 
 EPILOG = """\
@@ -55,7 +50,7 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("unlearn", help="unlearn forgotten episodes from a model and publish the result",
-                                   description=DESCRIPTION, epilog=EPILOG,
+                                   description=DESCRIPTION.format(methods=methods_help()), epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="dataset directory (with ledger)")
     parser.add_argument("--model", type=Path, required=True, metavar="DIR", help="the deployed model's directory")
@@ -66,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_selector_arguments(parser)
     parser.add_argument("--reason", default=None, help="why (with selector flags; recorded in the ledger)")
     parser.add_argument("--requester", default=None, help="who asks (with selector flags; default: the user name)")
-    parser.add_argument("--method", choices=METHODS, default="safe_rule", help="unlearning method")
+    parser.add_argument("--method", choices=METHOD_NAMES, default="safe_rule", help="unlearning method")
     parser.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML of unlearning settings")
     parser.add_argument("--steps", type=int, default=None, help="update budget of the approximate methods")
     parser.add_argument("--work-dir", type=Path, default=None, metavar="DIR",

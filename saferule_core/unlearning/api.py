@@ -24,19 +24,15 @@ import torch
 from saferule_core.algos.base import Learner, ModelInfo
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import UnlearningError
-from saferule_core.unlearning.baselines import run_finetune, run_neggrad_plus, run_retrain, run_trajdeleter
-from saferule_core.unlearning.config import METHODS, UnlearnConfig
+from saferule_core.unlearning.config import UnlearnConfig
+from saferule_core.unlearning.methods import APPROXIMATE_METHODS, METHOD_NAMES, METHODS, get_method
 from saferule_core.unlearning.parts import clone_learner
 from saferule_core.unlearning.rebase import rebase_observation_stats, retained_observation_stats
-from saferule_core.unlearning.safe_rule import run_safe_rule
 from saferule_core.unlearning.session import (ForgetSplit, ProgressFn, Session, UnlearningCancelled,
                                               model_estimates)
-from saferule_core.unlearning.sisa import SISAEnsemble, unlearn_sisa
+from saferule_core.unlearning.sisa import SISAEnsemble
 
-# Methods that keep updating the given model (and so would keep its training-set statistics).
-APPROXIMATE_METHODS: tuple[str, ...] = ("safe_rule", "finetune", "neggrad_plus", "trajdeleter")
-
-__all__ = ["APPROXIMATE_METHODS", "METHODS", "ProgressFn", "UnlearnConfig", "UnlearnReport", "UnlearningCancelled",
+__all__ = ["APPROXIMATE_METHODS", "METHOD_NAMES", "ProgressFn", "UnlearnConfig", "UnlearnReport", "UnlearningCancelled",
            "check_forget_mask", "unlearn"]
 
 
@@ -88,6 +84,17 @@ def check_learner_matches(learner: Learner, dataset: OfflineDataset) -> None:
     check_spaces_match(learner.info, dataset.obs_dim, dataset.act_dim, dataset.task)
 
 
+def check_model_kind(learner: Learner, method: str) -> None:
+    """Refuse a method that cannot unlearn this kind of model (sisa and SISA ensembles go together)."""
+    kind = get_method(method).model_kind
+    if kind == "sisa" and not isinstance(learner, SISAEnsemble):
+        raise UnlearningError(f"{method} unlearns only SISA ensembles (saferule train --sisa-shards); this model is "
+                              f"a single {learner.info.algo} model")
+    if kind != "sisa" and isinstance(learner, SISAEnsemble):
+        sisa_methods = [m.name for m in METHODS.values() if m.model_kind == "sisa"]
+        raise UnlearningError(f"a SISA ensemble is unlearned with method {' or '.join(sisa_methods)}, not {method}")
+
+
 def unlearn(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, method: str = "safe_rule",
             config: UnlearnConfig | None = None, progress: ProgressFn | None = None,
             should_stop: Callable[[], bool] | None = None) -> tuple[Learner, UnlearnReport]:
@@ -97,22 +104,17 @@ def unlearn(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, 
     learner whose spaces or task do not match the dataset, an unknown method or a method the
     learner does not support; UnlearningCancelled when `should_stop()` turns True.
     """
-    if method not in METHODS:
-        raise UnlearningError(f"unknown unlearning method {method!r}; known: {', '.join(METHODS)}")
+    chosen = get_method(method)
     config = config or UnlearnConfig()
     config.validate()
     mask = check_forget_mask(dataset, forget_mask)
     check_learner_matches(learner, dataset)
-    if method == "sisa" and not isinstance(learner, SISAEnsemble):
-        raise UnlearningError(f"sisa unlearns only models trained with SISA (train_sisa); this model is a single "
-                              f"{learner.info.algo} model")
-    if method != "sisa" and isinstance(learner, SISAEnsemble):
-        raise UnlearningError(f"a SISA ensemble is unlearned with method sisa, not {method}")
+    check_model_kind(learner, method)
     torch.set_num_threads(config.num_threads)
     split = ForgetSplit.of(dataset, mask)
     working = clone_learner(learner)
     stats_rebased = False
-    if method in APPROXIMATE_METHODS:
+    if chosen.approximate:
         stats_rebased = rebase_observation_stats(working, retained_observation_stats(working, split.retained)) > 0
     session = Session(working, split, config, method, progress, should_stop)
     before = model_estimates(learner, split, config.seed)
@@ -120,24 +122,10 @@ def unlearn(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, 
     session.check_stop("start")
 
     began = time.perf_counter()
-    selected: int | None = None
-    details: dict[str, float] = {}
-    if method == "safe_rule":
-        selected = run_safe_rule(session)
-    elif method == "finetune":
-        run_finetune(session)
-    elif method == "neggrad_plus":
-        run_neggrad_plus(session)
-    elif method == "trajdeleter":
-        run_trajdeleter(session)
-    elif method == "retrain":
-        working = run_retrain(session)
-    else:
-        assert isinstance(working, SISAEnsemble)
-        working, refitted = _run_sisa(session, working)
-        details["shards_retrained"] = float(refitted)
-        details["shards"] = float(len(working.shards))
+    outcome = chosen.run(session)
     wall = time.perf_counter() - began
+    if outcome.learner is not None:
+        working = outcome.learner
 
     if not isinstance(working, SISAEnsemble):
         working.info = replace(working.info, dataset_hash=split.retained.dataset_hash())
@@ -147,23 +135,7 @@ def unlearn(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, 
     report = UnlearnReport(
         method=method, wall_time_s=wall, updates=session.updates, forget_episodes=int(mask.sum()),
         forget_transitions=split.forget.num_transitions, retain_transitions=split.retained.num_transitions,
-        selected_step=selected, offline_before=before, offline_after=after, history=session.history,
-        details=details, stats_rebased=stats_rebased)
+        selected_step=outcome.selected_step, offline_before=before, offline_after=after, history=session.history,
+        details=outcome.details, stats_rebased=stats_rebased)
     return working, report
 
-
-def _run_sisa(session: Session, ensemble: SISAEnsemble) -> tuple[SISAEnsemble, int]:
-    forget_ids = set(session.split.forget.episode_ids())
-
-    record_steps = session.config.sisa.steps_per_shard or ensemble.records[0].steps
-    updates_before = session.updates
-
-    def on_step(shard: int, affected: int, step: int) -> None:
-        session.updates += 1           # one shard's update (a stacked refit advances every shard at once)
-        if step % session.config.log_every == 0:
-            done = session.updates - updates_before
-            session.report_progress("sisa", min(1.0, done / max(affected * record_steps, 1)))
-        session.check_stop("sisa")
-
-    return unlearn_sisa(ensemble, session.split.retained, forget_ids, session.config.sisa.steps_per_shard,
-                        session.config.num_threads, on_step)

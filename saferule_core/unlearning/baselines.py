@@ -21,6 +21,7 @@ import torch
 from saferule_core.algos.base import Learner
 from saferule_core.algos.trainer import TrainConfig, fit
 from saferule_core.errors import UnlearningError
+from saferule_core.unlearning.methods import MethodOutcome
 from saferule_core.unlearning.parts import frozen_buffers, model_parts, scaled_gradients
 from saferule_core.unlearning.session import Session
 
@@ -33,7 +34,7 @@ def retrain_steps(session: Session) -> int:
     return steps
 
 
-def run_retrain(session: Session) -> Learner:
+def run_retrain(session: Session) -> MethodOutcome:
     """A new learner of the same algorithm and settings, trained from scratch on the retained data."""
     learner, cfg = session.learner, session.config
     steps = retrain_steps(session)
@@ -50,18 +51,19 @@ def run_retrain(session: Session) -> Learner:
         fresh, result = fit(learner.info.algo, session.split.retained, Path(tmp) / "model", train_config,
                             overrides=learner.config_dict(), callback=on_step)
     session.history.append({"update": float(steps), "seconds": round(result.seconds, 3), **result.metrics})
-    return fresh
+    return MethodOutcome(learner=fresh)
 
 
-def run_finetune(session: Session) -> None:
+def run_finetune(session: Session) -> MethodOutcome:
     learner, retained, steps = session.learner, session.retained_sampler(), session.config.steps
     learner.train_mode(True)
     for step in range(1, steps + 1):
         session.step_done("finetune", step / steps, learner.update(retained.sample()))
     session.flush("finetune", 1.0)
+    return MethodOutcome()
 
 
-def run_neggrad_plus(session: Session) -> None:
+def run_neggrad_plus(session: Session) -> MethodOutcome:
     learner, steps = session.learner, session.config.steps
     retained, forget = session.retained_sampler(), session.forget_sampler()
     ascent = -session.config.neggrad_plus.ascent_weight
@@ -74,9 +76,10 @@ def run_neggrad_plus(session: Session) -> None:
         metrics.update({f"forget_{name}": value for name, value in forget_metrics.items()})
         session.step_done("neggrad_plus", step / steps, metrics)
     session.flush("neggrad_plus", 1.0)
+    return MethodOutcome()
 
 
-def run_trajdeleter(session: Session) -> None:
+def run_trajdeleter(session: Session) -> MethodOutcome:
     learner, cfg = session.learner, session.config
     parts = model_parts(learner)
     if not parts.has_critics or parts.reward_members is None:
@@ -109,3 +112,4 @@ def run_trajdeleter(session: Session) -> None:
         for step in range(forget_steps + 1, steps + 1):
             session.step_done("trajdeleter-converge", step / steps, learner.update(retained.sample()))
     session.flush("trajdeleter-converge", 1.0)
+    return MethodOutcome()

@@ -14,9 +14,6 @@ from typing import Any
 
 from saferule_core.errors import UnlearningError
 
-METHODS: tuple[str, ...] = ("safe_rule", "retrain", "finetune", "neggrad_plus", "trajdeleter", "sisa")
-
-
 def _check_positive(owner: str, **values: float) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

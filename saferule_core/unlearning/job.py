@@ -41,7 +41,8 @@ from saferule_core.unlearning.api import (
     check_spaces_match,
     unlearn,
 )
-from saferule_core.unlearning.config import METHODS, UnlearnConfig
+from saferule_core.unlearning.config import UnlearnConfig
+from saferule_core.unlearning.methods import get_method
 from saferule_core.unlearning.models import load_model, save_model_dir
 from saferule_core.unlearning.session import ProgressFn
 
@@ -139,8 +140,7 @@ def check_model_header(model_dir: Path, store: DatasetStore) -> Learner:
 
 def prepare(paths: JobPaths, request_id: str, method: str) -> tuple[PreparedJob, Learner]:
     """Every check that can refuse a job, with no side effect."""
-    if method not in METHODS:
-        raise UnlearningError(f"unknown unlearning method {method!r}; known: {', '.join(METHODS)}")
+    get_method(method)
     store = DatasetStore.open(paths.dataset_dir)
     try:
         entry = ForgetLedger(store.path).get(request_id)

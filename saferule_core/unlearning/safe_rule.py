@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from saferule_core.algos.batch import Batch
 from saferule_core.unlearning.config import SafeRuleConfig
+from saferule_core.unlearning.methods import MethodOutcome
 from saferule_core.unlearning.parts import (ModelParts, clone_learner, extra_gradient, load_network_state,
                                             model_parts, network_state)
 from saferule_core.unlearning.session import ScoringStates, Session, offline_estimates
@@ -180,9 +181,9 @@ def behaviour_threshold(parts: ModelParts, retained: Batch, quantile: float) -> 
     return float(torch.quantile(reference, quantile))
 
 
-def run_safe_rule(session: Session) -> int | None:
-    """Suppress, repair, choose a checkpoint offline. Updates `session.learner` in place and returns
-    the chosen update count (None when there is nothing to choose from: BC, or select_every 0)."""
+def run_safe_rule(session: Session) -> MethodOutcome:
+    """Suppress, repair, choose a checkpoint offline. Updates `session.learner` in place; the outcome
+    names the chosen update count (None when there is nothing to choose from: BC, or select_every 0)."""
     learner, cfg = session.learner, session.config.safe_rule
     parts = model_parts(learner)
     retained, forget = session.retained_sampler(), session.forget_sampler()
@@ -215,9 +216,9 @@ def run_safe_rule(session: Session) -> int | None:
         maybe_snapshot(step)
     session.flush("repair", 1.0)
     if not snapshots:
-        return None
+        return MethodOutcome()
     session.report_progress("select", 1.0)
-    return _choose_checkpoint(session, parts, snapshots)
+    return MethodOutcome(selected_step=_choose_checkpoint(session, parts, snapshots))
 
 
 def _choose_checkpoint(session: Session, parts: ModelParts,

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,7 +33,11 @@ from saferule_core.algos.trainer import TrainConfig, fit
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import ModelError, UnlearningError
 from saferule_core.io_utils import atomic_write_json
+from saferule_core.unlearning.methods import MethodOutcome
 from saferule_core.unlearning.parts import clone_learner
+
+if TYPE_CHECKING:
+    from saferule_core.unlearning.session import Session
 
 SISA_FILE = "sisa.json"
 SISA_FORMAT = "saferule-sisa"
@@ -207,6 +211,27 @@ def unlearn_sisa(ensemble: SISAEnsemble, retained: OfflineDataset, forget_ids: s
     new = SISAEnsemble([shards[k] for k in keep], [records[k] for k in keep], ensemble.info.task,
                        retained.dataset_hash())
     return new, len(affected)
+
+
+def run_sisa(session: Session) -> MethodOutcome:
+    """The `sisa` method's runner: refit the shards of the session's ensemble that held forget episodes."""
+    ensemble = session.learner
+    if not isinstance(ensemble, SISAEnsemble):
+        raise UnlearningError(f"sisa unlearns only SISA ensembles; this model is a single {ensemble.info.algo} model")
+    forget_ids = set(session.split.forget.episode_ids())
+    record_steps = session.config.sisa.steps_per_shard or ensemble.records[0].steps
+    updates_before = session.updates
+
+    def on_step(shard: int, affected: int, step: int) -> None:
+        session.updates += 1           # one shard's update (a stacked refit advances every shard at once)
+        if step % session.config.log_every == 0:
+            done = session.updates - updates_before
+            session.report_progress("sisa", min(1.0, done / max(affected * record_steps, 1)))
+        session.check_stop("sisa")
+
+    new, refitted = unlearn_sisa(ensemble, session.split.retained, forget_ids, session.config.sisa.steps_per_shard,
+                                 session.config.num_threads, on_step)
+    return MethodOutcome(learner=new, details={"shards_retrained": float(refitted), "shards": float(len(new.shards))})
 
 
 # ----- saving and loading ---------------------------------------------------------------------------

@@ -28,10 +28,10 @@ from saferule_core.artifacts.signing import load_signing_key
 from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerState, purge_forgotten
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import UnlearningError
+from saferule_core.unlearning.methods import METHOD_NAMES
 from saferule_ros.unlearning_server import JobApi, main
 from tests.ros.policy_artifacts import publish, random_policy
 
-METHODS = ("safe_rule", "retrain", "finetune", "neggrad_plus", "trajdeleter", "sisa")
 STAGES = ("loading", "suppress", "repair", "select", "export", "publish")
 
 
@@ -84,7 +84,7 @@ def stand_in_job(paths: Any, request_id: str, method: str = "safe_rule", config:
                            metrics_after={"normalized_cost": 0.4})
 
 
-STAND_IN_API = JobApi(run=stand_in_job, make_paths=SimpleNamespace, methods=METHODS, make_config=dict,
+STAND_IN_API = JobApi(run=stand_in_job, make_paths=SimpleNamespace, methods=METHOD_NAMES, make_config=dict,
                       check_startable=stand_in_check)
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The `saferule export` and `saferule registry` commands, end to end through the CLI.
 
-`saferule export` loads MODEL_DIR with saferule_core.algos.checkpoint.load_learner. One test saves
+`saferule export` loads MODEL_DIR with saferule_core.unlearning.models.load_model (a single learner
+or a SISA ensemble). One test saves
 a real (untrained) learner; the others stand in a learner with the same surface
 (info + deployable_policy()) so they do not depend on the learners' internals."""
 
@@ -22,6 +23,7 @@ from saferule_core.algos.bc import BC, BCConfig
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.artifacts.signing import load_verify_key
 from saferule_core.cli import main
+from saferule_core.unlearning import models
 
 torch.set_num_threads(1)
 
@@ -56,11 +58,11 @@ class FakeLearner:
 def fake_checkpoint(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     loaded: list[Path] = []
 
-    def load_learner(model_dir: Path) -> FakeLearner:
+    def load_model(model_dir: Path) -> FakeLearner:
         loaded.append(Path(model_dir))
         return FakeLearner(Path(model_dir))
 
-    monkeypatch.setattr(checkpoint, "load_learner", load_learner)
+    monkeypatch.setattr(models, "load_model", load_model)
     return loaded
 
 

@@ -9,7 +9,7 @@ import torch
 from saferule_core.algos.base import Learner
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import UnlearningError
-from saferule_core.unlearning.api import METHODS, UnlearningCancelled, unlearn
+from saferule_core.unlearning.api import UnlearningCancelled, unlearn
 from saferule_core.unlearning.config import UnlearnConfig
 from saferule_core.unlearning.parts import network_state
 from tests.core.unlearning.conftest import forget_mask_of, small_config, two_behaviour_dataset
@@ -82,9 +82,8 @@ def test_refuses_unknown_methods_and_sisa_on_a_single_model(trained: dict[str, L
     mask = forget_mask_of(dataset)
     with pytest.raises(UnlearningError, match="unknown unlearning method 'forget_harder'"):
         unlearn(trained["bc_all"], dataset, mask, "forget_harder")
-    with pytest.raises(UnlearningError, match="trained with SISA"):
+    with pytest.raises(UnlearningError, match="sisa unlearns only SISA ensembles"):
         unlearn(trained["bc_all"], dataset, mask, "sisa", small_config())
-    assert set(METHODS) == {"safe_rule", "retrain", "finetune", "neggrad_plus", "trajdeleter", "sisa"}
 
 
 @pytest.mark.parametrize("method", ["safe_rule", "retrain", "neggrad_plus"])

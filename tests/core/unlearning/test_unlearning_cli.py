@@ -82,3 +82,36 @@ def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
         main(["unlearn", "--help"])
     out = capsys.readouterr().out
     assert "requested -> quarantined -> unlearning -> unlearned" in out and "example" in out and "--purge" in out
+
+
+def test_sisa_runs_end_to_end_from_the_command_line(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """train --sisa-shards, export and unlearn --method sisa: the method the CLI offers runs."""
+    shutil.rmtree(fleet / "model")
+    assert main(["train", str(fleet / "data"), "--algo", "bc_all", "--steps", "4", "--batch-size", "16",
+                 "--threads", "1", "--sisa-shards", "3", "--seed", "2", "--out", str(fleet / "model"), "--quiet"]) == 0
+    assert "trained a SISA ensemble of 3 x bc_all" in capsys.readouterr().out
+    assert main(["export", str(fleet / "model"), "--registry", str(fleet / "registry"), "--key",
+                 str(fleet / "keys" / "signing_key"), "--parent", "v0001"]) == 0
+    assert PolicyRegistry(fleet / "registry").latest() == "v0002"
+    assert main(_args(fleet, "--robot", "robot_3", "--reason", "tampered", "--method", "sisa")) == 0
+    out = capsys.readouterr().out
+    assert "published v0003 (parent v0002)" in out
+    (entry,) = ForgetLedger(fleet / "data").entries()
+    assert entry.state == LedgerState.UNLEARNED
+    assert (fleet / "unlearned" / entry.request_id / "sisa.json").is_file()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--sisa-shards", "1"], "--sisa-shards must be at least 2"),
+    (["--sisa-shards", "500"], "would leave shards empty: the dataset has only 20 episodes"),
+    (["--sisa-shards", "2", "--seeds", "1", "2"], "--seeds and --sisa-shards do not combine"),
+    (["--sisa-shards", "2", "--resume"], "SISA runs do not resume"),
+])
+def test_bad_sisa_training_is_one_line_and_writes_nothing(fleet: Path, capsys: pytest.CaptureFixture[str],
+                                                          extra: list[str], message: str) -> None:
+    out = fleet / "sisa-model"
+    assert main(["train", str(fleet / "data"), "--algo", "bc_all", "--steps", "4", "--out", str(out), "--quiet",
+                 *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("saferule train: error:") and message in err and "\n" not in err
+    assert not out.exists()

@@ -3,6 +3,7 @@ the statistics become the retained data's, and `unlearn` does it for the approxi
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
 
 import numpy as np
@@ -10,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-import saferule_core.unlearning.api as api_module
 from saferule_core.algos.base import Learner
 from saferule_core.algos.batch import OBS_STD_EPS, NormalizationStats
 from saferule_core.algos.bc import BC
@@ -20,6 +20,7 @@ from saferule_core.algos.registry import get_algo, make_config
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import UnlearningError
 from saferule_core.unlearning.api import unlearn
+from saferule_core.unlearning.methods import METHODS
 from saferule_core.unlearning.parts import clone_learner, network_state
 from saferule_core.unlearning.rebase import rebase_observation_stats, retained_observation_stats
 from saferule_core.unlearning.session import Session
@@ -165,14 +166,14 @@ def test_unlearn_leaves_the_model_with_the_retained_datas_stats(trained: dict[st
     retained = dataset.subset_episodes(~mask)
     expected = NormalizationStats.from_dataset(retained)
     sampled: list[np.ndarray] = []
-    runner_name = f"run_{method}"
-    real_runner = getattr(api_module, runner_name)
+    runner_module, _, runner_name = METHODS[method].runner.partition(":")
+    real_runner = getattr(importlib.import_module(runner_module), runner_name)
 
     def spy(session: Session) -> object:
         sampled.append(session.retained_sampler().data[:, :dataset.obs_dim].numpy().copy())
         return real_runner(session)
 
-    monkeypatch.setattr(api_module, runner_name, spy)
+    monkeypatch.setattr(importlib.import_module(runner_module), runner_name, spy)
     new, report = unlearn(learner, dataset, mask, method, small_config(steps=6))
     assert report.stats_rebased and report.to_dict()["stats_rebased"] is True
     np.testing.assert_array_equal(new.info.stats.obs_mean, expected.obs_mean)

@@ -119,7 +119,8 @@ class JobApi:
 
 def real_job_api() -> JobApi:
     """saferule_core.unlearning (imported here: it pulls in torch)."""
-    from saferule_core.unlearning.config import METHODS, UnlearnConfig
+    from saferule_core.unlearning.config import UnlearnConfig
+    from saferule_core.unlearning.methods import METHOD_NAMES
     from saferule_core.unlearning.job import JobPaths, check_startable, run_forget_job
 
     def make_config(values: dict[str, Any]) -> Any:
@@ -128,7 +129,7 @@ def real_job_api() -> JobApi:
         except SafeRuleError as err:
             raise ConfigError(f"unlearn_config_file: {err}") from None
 
-    return JobApi(run=run_forget_job, make_paths=JobPaths, methods=tuple(METHODS), make_config=make_config,
+    return JobApi(run=run_forget_job, make_paths=JobPaths, methods=METHOD_NAMES, make_config=make_config,
                   check_startable=check_startable)
 
 
