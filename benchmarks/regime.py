@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {**stamped, "task": args.task, "algo": args.algo, "settings": overrides, "steps": args.steps,
                "batch_size": args.batch_size, "seeds": args.seeds, "data_seed": args.data_seed,
                "behaviour_version": BEHAVIOUR_VERSION, "run_dir": str(run_dir.relative_to(ROOT)),
-               "eval_episodes": args.episodes, "eval_random_start_steps": spec.eval_random_start_steps,
+               "eval_episodes": args.episodes, "eval_cost_limit": args.cost_limit, "eval_random_start_steps": spec.eval_random_start_steps,
                "behaviour_reward_under_limit": behaviour_reward, "train_seconds": train_s,
                "summary": summary, "valid": valid, "models": models}
     RESULTS.mkdir(parents=True, exist_ok=True)
