@@ -94,10 +94,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from saferule_core.artifacts.signing import load_signing_key
-    from saferule_core.data.ledger import ForgetLedger, request_forget
     from saferule_core.data.store import DatasetStore
     from saferule_core.unlearning.config import UnlearnConfig
-    from saferule_core.unlearning.job import JobPaths, check_forget_ids, check_model_header, run_forget_job
+    from saferule_core.unlearning.job import JobPaths, admit_new_request, run_forget_job
 
     if (args.request_id is None) == (not _has_selector(args)):
         raise UnlearningError("name either --request-id or episodes with selector flags (--episode, --robot, --bag, "
@@ -114,13 +113,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.reason:
             raise UnlearningError("a new forget request needs --reason")
         store = DatasetStore.open(args.dataset)
-        selector = selector_from_args(args)
-        mask = selector.select(store)                # SelectorError when it matches nothing
-        ids = [ep.episode_id for ep, m in zip(store.episodes, mask) if m]
-        check_model_header(args.model, store)
-        check_forget_ids(store, ids, "(new)")        # refuses the whole dataset before it is recorded
-        entry = request_forget(store, selector, requester=args.requester or getpass.getuser(), reason=args.reason,
-                               ledger=ForgetLedger(store.path))
+        entry = admit_new_request(store, selector_from_args(args), args.model, args.requester or getpass.getuser(),
+                                  args.reason)
         request_id = entry.request_id
         print(f"request {request_id}: quarantined {entry.matched_episodes} episodes "
               f"({entry.matched_transitions} transitions)")

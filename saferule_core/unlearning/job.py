@@ -31,7 +31,9 @@ from saferule_core.artifacts.manifest import ArtifactManifest, ManifestFields
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.artifacts.signing import load_signing_key
 from saferule_core.data.dataset import OfflineDataset
-from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerError, LedgerState, purge_forgotten
+from saferule_core.data.ledger import (ForgetLedger, LedgerEntry, LedgerError, LedgerState, purge_forgotten,
+                                       request_forget)
+from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import SafeRuleError, UnlearningError
 from saferule_core.unlearning.api import (
@@ -136,6 +138,27 @@ def check_model_header(model_dir: Path, store: DatasetStore) -> Learner:
     check_spaces_match(learner.info, manifest.obs_dim, manifest.act_dim, store.task,
                        f"the model in {model_dir}", f"the dataset {store.path}")
     return learner
+
+
+def check_new_request(store: DatasetStore, selector: ForgetSelector, model_dir: Path, reason: str) -> list[str]:
+    """Every check a new forget request meant for unlearning must pass before anything is recorded:
+    a reason, a selector that matches episodes but not all the (unquarantined) data, and a deployed
+    model whose spaces and task match the dataset. Returns the matched episode ids."""
+    if not reason.strip():
+        raise UnlearningError("a new forget request needs a reason (it is kept in the ledger)")
+    mask = selector.select(store)                # SelectorError when it matches nothing
+    ids = [ep.episode_id for ep, matched in zip(store.episodes, mask) if matched]
+    check_model_header(model_dir, store)
+    check_forget_ids(store, ids, "(new)")
+    return ids
+
+
+def admit_new_request(store: DatasetStore, selector: ForgetSelector, model_dir: Path, requester: str, reason: str,
+                      ledger: ForgetLedger | None = None) -> LedgerEntry:
+    """Check a new forget request (check_new_request), then record and quarantine it: a refused
+    request leaves the ledger and the dataset as they were."""
+    check_new_request(store, selector, model_dir, reason)
+    return request_forget(store, selector, requester=requester, reason=reason.strip(), ledger=ledger)
 
 
 def prepare(paths: JobPaths, request_id: str, method: str) -> tuple[PreparedJob, Learner]:

@@ -142,13 +142,24 @@ def test_bad_forget_and_unlearn_requests_are_refused_with_a_reason(files: Server
             "1 MB method": (unlearn_goal(answer.request_id, method="m" * MB),
                             f"method is {MB} characters; the limit is {MAX_METHOD_CHARS}"),
             "1 MB episode id": (unlearn_goal(episode_ids=["e" * MB]), f"episode_ids[0] is {MB} characters"),
+            "selector without a reason": (unlearn_goal(robot_ids=["robot_1"], reason=" "), "needs a reason"),
+            "1 MB reason": (unlearn_goal(robot_ids=["robot_1"], reason="r" * MB),
+                            f"reason is {MB} characters; the limit is {MAX_REASON_CHARS}"),
+            "1 MB requester": (unlearn_goal(robot_ids=["robot_1"], requester="q" * MB),
+                               f"requester is {MB} characters; the limit is {MAX_REQUESTER_CHARS}"),
+            "selector of the whole dataset": (unlearn_goal(robot_ids=list(ROBOTS)), "the forget set is the whole dataset"),
         }
+        ledger_before = ledger_entries(files)
+        quarantined_before = set(DatasetStore.open(files.dataset_dir).quarantined_ids())
         for case, (goal, expected) in unlearn_cases.items():
             status, result = client.unlearn_result(client.send_unlearn(goal), RESULT_WAIT_S)
             assert status == "aborted" and not result.success, (case, status)
             assert expected in result.message, (case, result.message[:300])
             assert len(result.message) < 1000, case
         assert ledger_entry(files, answer.request_id).state == LedgerState.QUARANTINED
+        # no refused goal recorded or quarantined anything
+        assert ledger_entries(files) == ledger_before
+        assert set(DatasetStore.open(files.dataset_dir).quarantined_ids()) == quarantined_before
         print(f"\nrefused over the wire: {len(forget_cases)} Forget cases, {len(unlearn_cases)} Unlearn cases")
         assert server.proc.poll() is None
 
@@ -201,6 +212,7 @@ def test_forget_unlearn_and_swap_real_runners(files: ServerFiles, tmp_path: Path
         assert "swaps" not in result.message
         second = [e for e in ledger_entries(files) if e.request_id != answer.request_id]
         assert len(second) == 1 and second[0].state == LedgerState.UNLEARNED
+        assert (second[0].requester, second[0].reason) == ("pytest", "pytest goal")   # the goal's audit trail
         assert second[0].matched_episode_ids == tuple(episodes_of("robot_2", files))
         parent_model = (files.work_dir / second[0].request_id / "parent_model.txt").read_text()
         assert parent_model == str(files.work_dir / answer.request_id)

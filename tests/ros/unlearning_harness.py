@@ -49,8 +49,10 @@ def forget_request(reason: str = "pytest: compromised robot", dataset: str = "",
     return request
 
 
-def unlearn_goal(request_id: str = "", method: str = "finetune", swap: bool = False, **lists: list[str]) -> Unlearn.Goal:
-    goal = Unlearn.Goal(request_id=request_id, method=method, swap_on_success=swap)
+def unlearn_goal(request_id: str = "", method: str = "finetune", swap: bool = False, requester: str = "pytest",
+                 reason: str = "pytest goal", **lists: list[str]) -> Unlearn.Goal:
+    """A goal naming `request_id`, or (with selector lists) new episodes, recorded with requester and reason."""
+    goal = Unlearn.Goal(request_id=request_id, method=method, swap_on_success=swap, requester=requester, reason=reason)
     for name, values in lists.items():
         setattr(goal.selector, name, values)
     return goal

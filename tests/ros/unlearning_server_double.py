@@ -26,6 +26,7 @@ from typing import Any
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.artifacts.signing import load_signing_key
 from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerState, purge_forgotten
+from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import UnlearningError
 from saferule_core.unlearning.methods import METHOD_NAMES
@@ -84,8 +85,19 @@ def stand_in_job(paths: Any, request_id: str, method: str = "safe_rule", config:
                            metrics_after={"normalized_cost": 0.4})
 
 
+def stand_in_check_new(store: DatasetStore, selector: ForgetSelector, model_dir: Path, reason: str) -> list[str]:
+    """The real check's selector part; the stand-in has no model to check against the dataset."""
+    if not reason.strip():
+        raise UnlearningError("a new forget request needs a reason (it is kept in the ledger)")
+    mask = selector.select(store)
+    ids = [ep.episode_id for ep, matched in zip(store.episodes, mask) if matched]
+    if set(ids) | set(store.quarantined_ids()) >= set(store.episode_ids()):
+        raise UnlearningError("the forget set is the whole dataset (with the quarantined episodes)")
+    return ids
+
+
 STAND_IN_API = JobApi(run=stand_in_job, make_paths=SimpleNamespace, methods=METHOD_NAMES, make_config=dict,
-                      check_startable=stand_in_check)
+                      check_startable=stand_in_check, check_new_request=stand_in_check_new)
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv, job_api=STAND_IN_API))

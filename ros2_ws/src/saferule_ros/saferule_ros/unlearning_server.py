@@ -115,13 +115,15 @@ class JobApi:
     methods: tuple[str, ...]
     make_config: Callable[[dict[str, Any]], Any]
     check_startable: Callable[[LedgerEntry], None]   # UnlearningError when the request cannot be unlearned
+    # (store, selector, model_dir, reason): SafeRuleError unless a new request could be unlearned
+    check_new_request: Callable[[DatasetStore, ForgetSelector, Path, str], Any]
 
 
 def real_job_api() -> JobApi:
     """saferule_core.unlearning (imported here: it pulls in torch)."""
     from saferule_core.unlearning.config import UnlearnConfig
     from saferule_core.unlearning.methods import METHOD_NAMES
-    from saferule_core.unlearning.job import JobPaths, check_startable, run_forget_job
+    from saferule_core.unlearning.job import JobPaths, check_new_request, check_startable, run_forget_job
 
     def make_config(values: dict[str, Any]) -> Any:
         try:
@@ -130,7 +132,7 @@ def real_job_api() -> JobApi:
             raise ConfigError(f"unlearn_config_file: {err}") from None
 
     return JobApi(run=run_forget_job, make_paths=JobPaths, methods=METHOD_NAMES, make_config=make_config,
-                  check_startable=check_startable)
+                  check_startable=check_startable, check_new_request=check_new_request)
 
 
 @dataclass
@@ -410,11 +412,16 @@ class UnlearningServer(Node):
                             f"goal with this request id to repair the policy")
         self.get_logger().info(f"{response.message} (requester {entry.requester}: {entry.reason})")
 
-    def record_request(self, dataset_dir: Path, selector: ForgetSelector, requester: str, reason: str) -> LedgerEntry:
+    def record_request(self, dataset_dir: Path, selector: ForgetSelector, requester: str, reason: str,
+                       model_dir: Path | None = None) -> LedgerEntry:
+        """Record and quarantine a new request; with `model_dir`, only if a job on that model could
+        start on it (the Unlearn goal's selector path: nothing is recorded for a goal refused later)."""
         if not reason.strip():
             raise RequestRefused("a forget request needs a reason (it is kept in the ledger)")
         with self._forget_lock:
             store = DatasetStore.open(dataset_dir)
+            if model_dir is not None:
+                self.api.check_new_request(store, selector, model_dir, reason)
             return request_forget(store, selector, requester=requester.strip() or "ros", reason=reason.strip(),
                                   ledger=self.ledger(dataset_dir))
 
@@ -458,9 +465,11 @@ class UnlearningServer(Node):
         if not request_id and not has_selector:
             raise RequestRefused("name the request to unlearn: a request_id (from Forget) or a selector")
         if has_selector:
+            check_request_text(goal.requester, goal.reason, RequestRefused)
             selector = selector_from_msg(goal.selector, self.config.max_selector_entries)
             dataset_dir = self.dataset_dir("")
-            entry = self.record_request(dataset_dir, selector, "unlearn goal", "Unlearn goal with a selector")
+            entry = self.record_request(dataset_dir, selector, goal.requester, goal.reason,
+                                        model_dir=Path(self.queue.current_model_dir))
         else:
             dataset_dir, entry = self.find_request(request_id)
             if self.queue.running() == request_id:
