@@ -28,6 +28,7 @@ from saferule_core.artifacts.manifest import (
     sha256_hex,
     validate_action_bounds,
 )
+from saferule_core.artifacts.lineage import CheckpointRecord
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.errors import ArtifactError
 from saferule_core.io_utils import atomic_write_bytes
@@ -155,11 +156,13 @@ def export_onnx(module: torch.nn.Module, obs_dim: int, act_dim: int, path: Path,
 
 def export_and_publish(module: torch.nn.Module, fields: ManifestFields, registry: PolicyRegistry,
                        signing_key: SigningKey, check_batch: np.ndarray | None = None,
-                       atol: float = 1e-5) -> tuple[ExportReport, ArtifactManifest]:
-    """Export and check `module`, then publish it with the export measurements added to its metrics."""
+                       atol: float = 1e-5, checkpoint: CheckpointRecord | None = None
+                       ) -> tuple[ExportReport, ArtifactManifest]:
+    """Export and check `module`, then publish it with the export measurements added to its metrics
+    (and, with `checkpoint`, the trained model it came from: artifacts.lineage)."""
     with tempfile.TemporaryDirectory(prefix="saferule-export-") as tmp:
         report = export_onnx(module, fields.obs_dim, fields.act_dim, Path(tmp) / ONNX_FILE,
                              fields.action_low, fields.action_high, check_batch=check_batch, atol=atol)
         metrics: Mapping[str, float] = {**fields.metrics, **report.as_metrics()}
-        manifest = registry.publish(report.path, replace(fields, metrics=metrics), signing_key)
+        manifest = registry.publish(report.path, replace(fields, metrics=metrics), signing_key, checkpoint)
     return replace(report, path=registry.path(manifest.version) / ONNX_FILE), manifest

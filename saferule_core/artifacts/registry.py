@@ -28,6 +28,8 @@ import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
 from saferule_core.artifacts.checks import check_policy_io, open_session
+from saferule_core.artifacts.lineage import (CHECKPOINT_FILE, CheckpointRecord, read_checkpoint_record, record_bytes,
+                                              verified_checkpoint)
 from saferule_core.artifacts.manifest import (
     MANIFEST_FILE,
     ONNX_FILE,
@@ -156,6 +158,19 @@ class PolicyRegistry:
                                 f"(has {', '.join(known) if known else 'none'})")
         return path
 
+    def checkpoint_of(self, version: str) -> Path | None:
+        """The model directory `version` was exported from (checked to still hold that model);
+        None when the version was published without a record. ArtifactError when it is gone or changed."""
+        record = read_checkpoint_record(self.path(version))
+        return None if record is None else verified_checkpoint(version, record)
+
+    def deployed_model_dir(self, fallback: Path) -> Path:
+        """Where unlearning starts: the model the latest version was exported from, or `fallback`
+        when the registry is empty or its latest version records none."""
+        latest = self.latest()
+        found = self.checkpoint_of(latest) if latest is not None else None
+        return found if found is not None else Path(fallback)
+
     def manifest(self, version: str) -> ArtifactManifest:
         """The manifest of `version`, parsed but NOT signature-checked (listing, display)."""
         raw = _read_optional(self.path(version) / MANIFEST_FILE, MAX_MANIFEST_BYTES)
@@ -213,8 +228,10 @@ class PolicyRegistry:
                 f"act_dim={parent.act_dim}; the new policy is task {fields.task} with obs_dim={fields.obs_dim}, "
                 f"act_dim={fields.act_dim}: a runner could not swap one for the other")
 
-    def publish(self, onnx: Path | bytes, fields: ManifestFields, signing_key: SigningKey) -> ArtifactManifest:
-        """Sign and add a new version (the next number) and point `latest` at it.
+    def publish(self, onnx: Path | bytes, fields: ManifestFields, signing_key: SigningKey,
+                checkpoint: CheckpointRecord | None = None) -> ArtifactManifest:
+        """Sign and add a new version (the next number) and point `latest` at it; with `checkpoint`,
+        the version records the trained model it was exported from (lineage.py).
 
         Refuses a model whose declared I/O does not match the fields, and a missing parent.
         """
@@ -252,6 +269,8 @@ class PolicyRegistry:
             signature = sign_manifest(manifest_bytes, signing_key)
             with atomic_directory(self.root / version) as staging:
                 write_artifact_files(staging, onnx_bytes, manifest_bytes, signature)
+                if checkpoint is not None:
+                    (staging / CHECKPOINT_FILE).write_bytes(record_bytes(checkpoint))
                 # mkdtemp makes the staging directory 0700; runners may read as another user.
                 os.chmod(staging, 0o755)
                 fsync_dir(staging)

@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from saferule_core.artifacts.export import default_check_observations, export_and_publish
+    from saferule_core.artifacts.lineage import checkpoint_record
     from saferule_core.artifacts.manifest import ManifestFields
     from saferule_core.artifacts.registry import PolicyRegistry
     from saferule_core.artifacts.signing import default_key_dir, load_signing_key
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
             forget_request_id=args.forget_request_id, metrics=dict(args.metric))
         check_batch = default_check_observations(info.obs_dim, stats.obs_mean, stats.obs_std)
         report, manifest = export_and_publish(learner.deployable_policy(), fields, registry, signing_key,
-                                              check_batch=check_batch, atol=args.atol)
+                                              check_batch=check_batch, atol=args.atol,
+                                              checkpoint=checkpoint_record(args.model_dir))
         bar.update()
     print(f"published {manifest.version} (parent {manifest.parent_version or '-'}) to {registry.root}")
     print(f"  onnx {report.size_bytes} bytes, opset {report.opset}, sha256 {report.onnx_sha256}")

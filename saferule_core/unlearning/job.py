@@ -27,6 +27,7 @@ from nacl.signing import SigningKey
 
 from saferule_core.algos.base import Learner
 from saferule_core.artifacts.export import default_check_observations, export_and_publish
+from saferule_core.artifacts.lineage import CheckpointRecord, checkpoint_record
 from saferule_core.artifacts.manifest import ArtifactManifest, ManifestFields
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.artifacts.signing import load_signing_key
@@ -206,7 +207,7 @@ def run_forget_job(paths: JobPaths, request_id: str, method: str = "safe_rule", 
                          "updates": float(report.updates), "stats_rebased": float(report.stats_rebased)}
         parent = registry.latest()
         manifest = _publish(new_learner, job.dataset, job.forget_mask, registry, signing_key, parent, request_id,
-                            method, metrics_after)
+                            method, metrics_after, checkpoint_record(model_dir))
         ledger.transition(request_id, LedgerState.UNLEARNED, artifact_version=manifest.version,
                           metrics=_finite(metrics_after))
     except Exception as err:
@@ -231,7 +232,7 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
 
 def _publish(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, registry: PolicyRegistry,
              signing_key: SigningKey, parent: str | None, request_id: str, method: str,
-             metrics: dict[str, float]) -> ArtifactManifest:
+             metrics: dict[str, float], checkpoint: CheckpointRecord) -> ArtifactManifest:
     """Export the learner's deployable policy, check it on real and synthetic observations, publish it."""
     info = learner.info
     retained = dataset.observations[~dataset.transition_mask_for_episodes(forget_mask)]
@@ -245,5 +246,6 @@ def _publish(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray,
         dataset_hash=info.dataset_hash, method=method, parent_version=parent, forget_request_id=request_id,
         metrics=_finite(metrics))
     _, manifest = export_and_publish(learner.deployable_policy(), fields, registry, signing_key,
-                                     check_batch=np.concatenate([real, synthetic]).astype(np.float32))
+                                     check_batch=np.concatenate([real, synthetic]).astype(np.float32),
+                                     checkpoint=checkpoint)
     return manifest

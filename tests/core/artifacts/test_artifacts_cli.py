@@ -60,6 +60,8 @@ def fake_checkpoint(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     def load_model(model_dir: Path) -> FakeLearner:
         loaded.append(Path(model_dir))
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
+        (Path(model_dir) / "model.pt").write_bytes(b"stand-in weights")   # what the checkpoint record fingerprints
         return FakeLearner(Path(model_dir))
 
     monkeypatch.setattr(models, "load_model", load_model)

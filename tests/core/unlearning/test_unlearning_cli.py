@@ -40,6 +40,9 @@ def test_unlearn_by_selector_records_quarantines_unlearns_and_publishes(fleet: P
     assert entry.state == LedgerState.UNLEARNED and entry.requester and entry.reason == "tampered"
     assert PolicyRegistry(fleet / "registry").latest() == "v0002"
     assert (fleet / "unlearned" / entry.request_id / "model.pt").is_file()
+    # lineage: v0002 records the model it was exported from, where the next unlearning starts
+    registry = PolicyRegistry(fleet / "registry")
+    assert registry.deployed_model_dir(fleet / "model") == (fleet / "unlearned" / entry.request_id).resolve()
 
 
 def _purged_request(root: Path) -> str:
@@ -93,6 +96,7 @@ def test_sisa_runs_end_to_end_from_the_command_line(fleet: Path, capsys: pytest.
     assert main(["export", str(fleet / "model"), "--registry", str(fleet / "registry"), "--key",
                  str(fleet / "keys" / "signing_key"), "--parent", "v0001"]) == 0
     assert PolicyRegistry(fleet / "registry").latest() == "v0002"
+    assert PolicyRegistry(fleet / "registry").checkpoint_of("v0002") == (fleet / "model").resolve()
     assert main(_args(fleet, "--robot", "robot_3", "--reason", "tampered", "--method", "sisa")) == 0
     out = capsys.readouterr().out
     assert "published v0003 (parent v0002)" in out

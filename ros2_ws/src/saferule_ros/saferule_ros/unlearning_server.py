@@ -16,6 +16,11 @@ publishing the job's stages as feedback; a cancel request stops the job (should_
 success, when the goal asks for it, each robot in `robots` is asked to swap to the new version
 (`<ns>/swap_policy`); the result carries the versions and the metrics before and after.
 
+A job starts from the model the registry's latest version was exported from (its checkpoint
+record, saferule_core.artifacts.lineage), so a manual `saferule export` of another model moves the
+lineage with it; a version published without a record falls back to the last model this server
+produced, or `model_dir`. A recorded model that was moved or changed refuses the job.
+
 A job that fails or is cancelled leaves the request `failed` (its data stays quarantined) and the
 previous policy active. A job cut short by the server stopping (SIGINT/SIGTERM) or dying leaves
 the request `unlearning` and the job in the state file; at the next start it is resumed (or
@@ -43,6 +48,7 @@ from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 
+from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.data.ledger import LEDGER_FILE, ForgetLedger, LedgerEntry, LedgerState, request_forget
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
@@ -412,6 +418,12 @@ class UnlearningServer(Node):
                             f"goal with this request id to repair the policy")
         self.get_logger().info(f"{response.message} (requester {entry.requester}: {entry.reason})")
 
+    def deployed_model_dir(self) -> Path:
+        """The model a job starts from: the one the registry's latest version was exported from
+        (its checkpoint record), else the last model this server produced (or model_dir)."""
+        registry = PolicyRegistry(Path(self.config.registry_dir).expanduser())
+        return registry.deployed_model_dir(Path(self.queue.current_model_dir))
+
     def record_request(self, dataset_dir: Path, selector: ForgetSelector, requester: str, reason: str,
                        model_dir: Path | None = None) -> LedgerEntry:
         """Record and quarantine a new request; with `model_dir`, only if a job on that model could
@@ -469,7 +481,7 @@ class UnlearningServer(Node):
             selector = selector_from_msg(goal.selector, self.config.max_selector_entries)
             dataset_dir = self.dataset_dir("")
             entry = self.record_request(dataset_dir, selector, goal.requester, goal.reason,
-                                        model_dir=Path(self.queue.current_model_dir))
+                                        model_dir=self.deployed_model_dir())
         else:
             dataset_dir, entry = self.find_request(request_id)
             if self.queue.running() == request_id:
@@ -585,7 +597,7 @@ class UnlearningServer(Node):
         try:
             paths = self.api.make_paths(
                 dataset_dir=resolve_dataset_dir(self.data_root, job.dataset),
-                model_dir=Path(self.queue.current_model_dir), registry_dir=Path(cfg.registry_dir).expanduser(),
+                model_dir=self.deployed_model_dir(), registry_dir=Path(cfg.registry_dir).expanduser(),
                 signing_key=Path(cfg.signing_key).expanduser(), work_dir=self.work_dir)
             result = self.api.run(paths, job.request_id, job.method, self.unlearn_config, progress, should_stop,
                                   cfg.purge_after_unlearn)
