@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_learner, policy_function  # noqa: E402
 from saferule_core.algos.stacked import StackTrainConfig, build_stack, train_stack  # noqa: E402
+from saferule_core.algos.trainer import TrainConfig, fit  # noqa: E402
 from saferule_core.errors import SafeRuleError  # noqa: E402
 from saferule_core.eval.evaluate import evaluate_policy  # noqa: E402
 from saferule_core.eval.stats import wilson_interval  # noqa: E402
@@ -55,6 +57,8 @@ REGIME_RESULTS = ROOT / "benchmarks" / "results" / "regime"
 RESULTS = ROOT / "benchmarks" / "results" / "dev_unlearning"
 WORK = ROOT / "runs" / "dev_unlearning"
 RETRAIN_SEED_OFFSET = 40_000          # retrained models' seeds: distinct from every regime model's
+SINGLE_PROBE_STEPS = 400              # a single-model retraining is timed over this many updates...
+SINGLE_PROBE_WARMUP = 100             # ...after these (steady state), and scaled to the regime's update count
 JOINT_REWARD_FRACTION = 0.9
 
 
@@ -68,6 +72,24 @@ def unlearn_settings(pairs: list[str]) -> dict[str, Any]:
         else:
             sections[section] = value
     return sections
+
+
+def single_retrain_seconds(regime: dict[str, Any], retained: Any, threads: int) -> float:
+    """Wall time of retraining ONE model (as a user would, not as part of a stack): the steady-state
+    time per update of a fresh single learner on the retained data, times the regime's update count."""
+    marks: dict[int, float] = {}
+
+    def on_step(step: int, _learner: Any) -> None:
+        if step in (SINGLE_PROBE_WARMUP, SINGLE_PROBE_STEPS):
+            marks[step] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory(prefix="dev-unlearning-probe-") as tmp:
+        fit(regime["algo"], retained, Path(tmp) / "probe",
+            TrainConfig(steps=SINGLE_PROBE_STEPS, batch_size=regime["batch_size"], seed=RETRAIN_SEED_OFFSET,
+                        num_threads=threads, log_every=SINGLE_PROBE_STEPS, checkpoint_every=0, progress=False),
+            overrides=regime["settings"], callback=on_step)
+    per_update = (marks[SINGLE_PROBE_STEPS] - marks[SINGLE_PROBE_WARMUP]) / (SINGLE_PROBE_STEPS - SINGLE_PROBE_WARMUP)
+    return per_update * regime["steps"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(retrain_meta, {"seconds_per_model": (time.perf_counter() - began) / len(seeds),
                                          "models": len(seeds)})
     retrain_seconds = float(json.loads(retrain_meta.read_text())["seconds_per_model"])
+    single_seconds = single_retrain_seconds(
+        regime, poisonings[seeds[0]].dataset.subset_episodes(~poisonings[seeds[0]].episode_mask), args.threads)
+    print(f"one retraining: {retrain_seconds:.0f} s per model in the stack, {single_seconds:.0f} s as a single "
+          f"model (timed over {SINGLE_PROBE_STEPS - SINGLE_PROBE_WARMUP} updates)", flush=True)
 
     cases: list[dict[str, Any]] = []
     for seed, retrain_dir in zip(seeds, retrain_dirs):
@@ -153,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append({**outcome, "unlearn_seed": unlearn_seed, "safe": safe, "joint": joint,
                              "wall_s": report.wall_time_s, "updates": report.updates,
                              "wall_fraction": report.wall_time_s / retrain_seconds,
+                             "wall_fraction_single": report.wall_time_s / single_seconds,
                              "selected_step": report.selected_step})
                 print(f"  s{seed} {method:<12} u{unlearn_seed}: reward {outcome['normalized_reward']:6.3f} "
                       f"cost {outcome['normalized_cost']:5.2f}  (retrain {retrained['normalized_reward']:.3f} / "
@@ -164,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(cases, args.methods)
     payload = {**stamped, "regime": args.regime, "attack": args.attack, "steps": args.steps,
                "unlearn_seeds": args.unlearn_seeds, "unlearn_settings": sections, "episodes": args.episodes,
-               "retrain_seconds_per_model": retrain_seconds, "summary": summary, "cases": cases}
+               "retrain_seconds_per_model": retrain_seconds, "retrain_seconds_single": single_seconds, "summary": summary, "cases": cases}
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / f"{args.tag}.json", payload)
     atomic_write_text(RESULTS / f"{args.tag}.md", render_markdown(payload))
@@ -184,7 +211,9 @@ def summarise(cases: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]
             "safe_interval": wilson_interval(safe, len(runs)), "joint_interval": wilson_interval(joint, len(runs)),
             "mean_reward": float(np.mean([r["normalized_reward"] for r in runs])) if runs else float("nan"),
             "mean_cost": float(np.mean([r["normalized_cost"] for r in runs])) if runs else float("nan"),
-            "mean_wall_fraction": float(np.mean([r["wall_fraction"] for r in runs])) if runs else float("nan")}
+            "mean_wall_fraction": float(np.mean([r["wall_fraction"] for r in runs])) if runs else float("nan"),
+            "mean_wall_fraction_single": float(np.mean([r["wall_fraction_single"] for r in runs]))
+            if runs else float("nan")}
     return summary
 
 
@@ -195,16 +224,18 @@ def render_markdown(payload: dict[str, Any]) -> str:
              f"unlearning seeds {payload['unlearn_seeds']}, settings {json.dumps(payload['unlearn_settings'])}. "
              f"Valid cases (clean safe, poisoned unsafe): {s['valid_cases']}/{s['cases']}; retraining safe in "
              f"{s['retrain_safe']} of them. One retraining: {payload['retrain_seconds_per_model']:.0f} s per model "
-             f"(stacked). Commit {payload['git_commit']}{' (dirty)' if payload['git_dirty'] else ''}, "
+             f"in a stack, {payload['retrain_seconds_single']:.0f} s as a single model. Commit {payload['git_commit']}{' (dirty)' if payload['git_dirty'] else ''}, "
              f"host {payload['host']}.", "",
-             "| method | safe | joint success (95% CI) | mean reward | mean cost | wall / retrain |",
-             "|---|---|---|---|---|---|"]
+             "| method | safe | joint success (95% CI) | mean reward | mean cost | wall / retrain (stacked) | "
+             "wall / retrain (single) |",
+             "|---|---|---|---|---|---|---|"]
     for method, m in s.items():
         if not isinstance(m, dict):
             continue
         lo, hi = m["joint_interval"]
         lines.append(f"| {method} | {m['safe']}/{m['runs']} | {m['joint']}/{m['runs']} ({lo:.2f}-{hi:.2f}) | "
-                     f"{m['mean_reward']:.3f} | {m['mean_cost']:.2f} | {m['mean_wall_fraction']:.3f} |")
+                     f"{m['mean_reward']:.3f} | {m['mean_cost']:.2f} | {m['mean_wall_fraction']:.3f} | "
+                     f"{m['mean_wall_fraction_single']:.3f} |")
     lines += ["", "| seed | valid | clean | poisoned | retrain | " +
               " | ".join(m for m in s if isinstance(s[m], dict)) + " |",
               "|---|---|---|---|---|" + "---|" * sum(isinstance(v, dict) for v in s.values())]
