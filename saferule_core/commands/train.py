@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from saferule_core.algos.registry import ALGORITHMS, ConfigError
+from saferule_core.settings_files import load_settings_file
 
 DESCRIPTION = """\
 Train an offline safe RL policy on DATASET_DIR and write a model directory to --out:
@@ -81,14 +80,7 @@ def _read_overrides(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(algorithm settings, trainer settings) from a YAML file."""
     if path is None:
         return {}, {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as err:
-        raise ConfigError(f"cannot read the config file {path}: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
+    data = load_settings_file(path, "learner settings (and an optional `train:` mapping)")
     train = data.pop("train", {}) or {}
     if not isinstance(train, dict):
         raise ConfigError(f"{path}: `train` must be a mapping")

@@ -7,10 +7,9 @@ import getpass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from saferule_core.commands.selector_args import add_selector_arguments, selector_from_args
 from saferule_core.errors import UnlearningError
+from saferule_core.settings_files import load_settings_file
 from saferule_core.unlearning.methods import METHOD_NAMES, methods_help
 
 # Metrics shown on the progress bar when the method reports them (the constraint first).
@@ -77,17 +76,7 @@ def _has_selector(args: argparse.Namespace) -> bool:
 
 
 def _config_values(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except OSError as err:
-        raise UnlearningError(f"cannot read the config file {path}: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise UnlearningError(f"{path} is not valid YAML: {err}") from err
-    if not isinstance(values, dict):
-        raise UnlearningError(f"{path} must hold a mapping of unlearning settings, got {type(values).__name__}")
-    return values
+    return {} if path is None else load_settings_file(path, "unlearning settings", UnlearningError)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ import yaml
 
 from saferule_core.errors import SafeRuleError
 from saferule_core.io_utils import atomic_write_text
+from saferule_core.settings_files import load_settings_file
 from saferule_ros.bringup import FleetArgs, FleetLayout, fleet_nodes, prepare_data_root
 from saferule_ros.processes import FleetProcesses
 
@@ -95,12 +96,9 @@ class DemoSettings:
 
     @staticmethod
     def from_yaml(path: Path) -> DemoSettings:
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise DemoError(f"cannot read settings {path}: {err}") from None
+        values = load_settings_file(path, "demo settings", DemoError)
         known = {f.name for f in dataclasses.fields(DemoSettings)}
-        if not isinstance(values, dict) or set(values) - known:
+        if set(values) - known:
             raise DemoError(f"{path}: expected a mapping of demo settings ({', '.join(sorted(known))})")
         return DemoSettings(**values)
 

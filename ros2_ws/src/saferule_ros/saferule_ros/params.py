@@ -15,7 +15,11 @@ from typing import Any, TypeVar
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.node import Node
 
+from saferule_core.errors import ConfigError   # a parameter value a node cannot use; the message names it
+
 ConfigT = TypeVar("ConfigT")
+
+__all__ = ["ConfigError", "config_defaults", "declare_config"]
 
 _PARAMETER_TYPES: dict[Any, int] = {
     str: ParameterType.PARAMETER_STRING,
@@ -28,8 +32,6 @@ _PARAMETER_TYPES: dict[Any, int] = {
 }
 
 
-class ConfigError(ValueError):
-    """A parameter value the node cannot use; the message names the parameter."""
 
 
 def _default(field: dataclasses.Field[Any]) -> Any:

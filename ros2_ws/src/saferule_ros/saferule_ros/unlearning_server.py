@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -55,6 +54,7 @@ from saferule_core.data.store import DatasetStore
 from saferule_core.errors import SafeRuleError
 from saferule_core.limits import (MAX_METHOD_CHARS, MAX_REQUEST_ID_CHARS, check_chars, check_dataset_name,
                                   check_request_text)
+from saferule_core.settings_files import load_settings_file
 from saferule_interfaces.action import Unlearn
 from saferule_interfaces.srv import Forget
 from saferule_ros.fleet_client import FleetClient, event_waiter
@@ -301,11 +301,9 @@ class UnlearningServer(Node):
         if not path:
             return self.api.make_config({})
         try:
-            values = yaml.safe_load(Path(path).expanduser().read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"unlearn_config_file {path}: {err}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"unlearn_config_file {path}: expected a mapping of UnlearnConfig fields")
+            values = load_settings_file(path, "UnlearnConfig settings")
+        except SafeRuleError as err:
+            raise ConfigError(f"unlearn_config_file: {err}") from None
         return self.api.make_config(values)
 
     # ----- datasets and ledgers --------------------------------------------------------------
