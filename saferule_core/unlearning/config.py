@@ -45,8 +45,10 @@ class SafeRuleConfig:
     """
 
     repair_fraction: float = 0.3       # share of UnlearnConfig.steps spent repairing on retained data only
-    reward_weight: float = 10.0        # w_r
-    cost_weight: float = 10.0          # w_c
+    # The critic hinges are off by default: on the gate-2 regime's dev seeds they inflate Q_c on
+    # retained states and stop the policy (0/10 joint success at w_r = w_c = 10; docs/safe_rule.md).
+    reward_weight: float = 0.0         # w_r
+    cost_weight: float = 0.0           # w_c
     actor_weight: float = 1.0          # w_a
     behaviour_weight: float = 1.0      # w_g
     reward_margin: float = 0.1         # m_r, as a fraction of mean |Q_r(s, pi(s))| on forget states
@@ -56,7 +58,7 @@ class SafeRuleConfig:
     max_cost_rise: float = 10.0        # a forget action's Q_c rises at most this many q* above its start
     actor_margin: float = 0.05         # m_a, mean squared distance of pi(s) from the forget action
     state_repair_weight: float = 1.0   # w_s, the actor's value objective at the forget states
-    state_cost_penalty: float = 10.0   # k_s, weight of the soft hinge on Q_c(s_f, pi(s_f)) > q* in it
+    state_cost_penalty: float = 3.0    # k_s, weight of the soft hinge on Q_c(s_f, pi(s_f)) > q* in it
     behaviour_quantile: float = 0.9    # eps* = this quantile of the behaviour model's score on retained data
     temperature: float = 0.1           # tau, relative to each hinge's unit
     select_every: int = 50             # snapshot spacing for the offline checkpoint choice (0: keep the last)

@@ -92,7 +92,8 @@ def test_critic_terms_stop_once_their_shift_budget_is_used(trained: dict[str, Le
     parts = model_parts(learner)
     forget = dataset.subset_episodes(forget_mask_of(dataset))
     sampler = BatchSampler(forget, learner.info.stats, 8)
-    terms = ForgetTerms(parts, SafeRuleConfig(), behaviour_threshold=0.0)
+    # the critic hinges are off by default; this test is about how they behave when on
+    terms = ForgetTerms(parts, SafeRuleConfig(reward_weight=10.0, cost_weight=10.0), behaviour_threshold=0.0)
     terms.start(sampler.rows(torch.arange(sampler.num_transitions)))
     assert terms.start_q is not None and terms.start_q.shape == (4, 40)
     terms.draw(16, torch.Generator().manual_seed(0))
