@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_policy  # noqa: E402
-from saferule_core.attacks import PoisonResult, RelabelConfig, relabel_attack  # noqa: E402
+from saferule_core.attacks import (InjectConfig, PoisonResult, RelabelConfig, inject_attack,  # noqa: E402
+                                   relabel_attack)
 from saferule_core.algos.registry import ConfigError  # noqa: E402
 from saferule_core.algos.stacked import StackTrainConfig, build_stack, check_seeds, train_stack  # noqa: E402
 from saferule_core.collect.collect import BEHAVIOUR_VERSION, collect_episodes  # noqa: E402
@@ -54,7 +55,9 @@ WORK = ROOT / "runs" / "regime"
 FORGET_FRACTION = 0.10
 PLATEAU_TOLERANCE = 0.10
 KINDS = ("clean", "retrain")
-ATTACKS = ("relabel",)
+ATTACKS = ("relabel", "inject")
+RECKLESS_AGGRESSIVENESS = (0.8, 1.0)     # the inject attack's episodes: reckless drivers only
+RECKLESS_SEED_OFFSET = 10_000
 POISON_RATE = 0.10
 COLORS = {"clean": "tab:blue", "retrain": "tab:orange", "relabel": "tab:red"}
 
@@ -90,6 +93,12 @@ def poison(dataset: OfflineDataset, attack: str, seed: int) -> PoisonResult:
     """The poisoning of training seed `seed`'s model (what dev_unlearning.py forgets again)."""
     if attack == "relabel":
         return relabel_attack(dataset, RelabelConfig(rate=POISON_RATE), rng=seed)
+    if attack == "inject":
+        # reckless episodes (their own rollouts, so their states are the task's) claimed at zero cost
+        config = InjectConfig(rate=POISON_RATE)
+        reckless = collect_episodes(dataset.task, episodes=config.episode_count(dataset.num_episodes),
+                                    seed=seed + RECKLESS_SEED_OFFSET, aggressiveness_range=RECKLESS_AGGRESSIVENESS)
+        return inject_attack(dataset, reckless, config, rng=seed)
     raise ConfigError(f"unknown attack {attack!r}")
 
 
