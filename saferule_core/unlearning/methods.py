@@ -48,7 +48,8 @@ class UnlearningMethod:
 
 
 METHODS: dict[str, UnlearningMethod] = {m.name: m for m in (
-    UnlearningMethod("safe_rule", "bounded suppression of the forget set + cost-aware repair (docs/safe_rule.md)",
+    UnlearningMethod("safe_rule", "steer the policy off the forget actions, repair, pick a checkpoint offline "
+                     "(docs/safe_rule.md)",
                      approximate=True, model_kind="single", runner="saferule_core.unlearning.safe_rule:run_safe_rule",
                      settings_section="safe_rule"),
     UnlearningMethod("retrain", "exact: refit from scratch on the retained data (slow, the gold standard)",
@@ -61,8 +62,8 @@ METHODS: dict[str, UnlearningMethod] = {m.name: m for m in (
     UnlearningMethod("trajdeleter", "TrajDeleter-style two phases, not cost aware",
                      approximate=True, model_kind="single", runner="saferule_core.unlearning.baselines:run_trajdeleter",
                      settings_section="trajdeleter"),
-    UnlearningMethod("sisa", "exact, for SISA ensembles (saferule train --sisa-shards): refit only the shards "
-                     "that held forget episodes", approximate=False, model_kind="sisa", runner="saferule_core.unlearning.sisa:run_sisa",
+    UnlearningMethod("sisa", "exact, for SISA ensembles (train --sisa-shards): refits the shards that held "
+                     "forget episodes", approximate=False, model_kind="sisa", runner="saferule_core.unlearning.sisa:run_sisa",
                      settings_section="sisa"),
 )}
 
