@@ -19,7 +19,7 @@ from pathlib import Path
 
 from saferule_core.errors import ArtifactError
 from saferule_core.io_utils import read_regular_file
-from saferule_core.limits import MAX_SMALL_FILE_BYTES, LimitError
+from saferule_core.limits import LimitError
 
 CHECKPOINT_FILE = "checkpoint.json"
 WEIGHT_FILES = ("model.pt", "sisa.json")   # what makes a model directory that model (SISA: per shard too)
@@ -60,15 +60,8 @@ def record_bytes(record: CheckpointRecord) -> bytes:
     return (json.dumps(asdict(record), indent=2, sort_keys=True) + "\n").encode()
 
 
-def read_checkpoint_record(version_dir: Path) -> CheckpointRecord | None:
-    """The record a version was published with; None for a version published without one."""
-    path = Path(version_dir) / CHECKPOINT_FILE
-    try:
-        raw = read_regular_file(path, MAX_SMALL_FILE_BYTES)
-    except FileNotFoundError:
-        return None
-    except (OSError, LimitError) as err:
-        raise ArtifactError(f"cannot read {path}: {err}") from None
+def parse_checkpoint_record(raw: bytes, path: Path) -> CheckpointRecord:
+    """The record in `raw`, the bytes of the version's CHECKPOINT_FILE at `path` (named in errors)."""
     try:
         data = json.loads(raw)
         record = CheckpointRecord(model_dir=data["model_dir"], fingerprint=data["fingerprint"])

@@ -28,7 +28,7 @@ import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
 from saferule_core.artifacts.checks import check_policy_io, open_session
-from saferule_core.artifacts.lineage import (CHECKPOINT_FILE, CheckpointRecord, read_checkpoint_record, record_bytes,
+from saferule_core.artifacts.lineage import (CHECKPOINT_FILE, CheckpointRecord, parse_checkpoint_record, record_bytes,
                                               verified_checkpoint)
 from saferule_core.artifacts.manifest import (
     MANIFEST_FILE,
@@ -161,8 +161,9 @@ class PolicyRegistry:
     def checkpoint_of(self, version: str) -> Path | None:
         """The model directory `version` was exported from (checked to still hold that model);
         None when the version was published without a record. ArtifactError when it is gone or changed."""
-        record = read_checkpoint_record(self.path(version))
-        return None if record is None else verified_checkpoint(version, record)
+        path = self.path(version) / CHECKPOINT_FILE
+        raw = _read_optional(path, MAX_SMALL_FILE_BYTES)
+        return None if raw is None else verified_checkpoint(version, parse_checkpoint_record(raw, path))
 
     def deployed_model_dir(self, fallback: Path) -> Path:
         """Where unlearning starts: the model the latest version was exported from, or `fallback`

@@ -157,12 +157,13 @@ def _run_sisa(args: argparse.Namespace, overrides: dict[str, Any], train_overrid
     from tqdm import tqdm
 
     from saferule_core.algos.checkpoint import MODEL_FILE
+    from saferule_core.algos.trainer import TrainConfig
     from saferule_core.data.store import DatasetStore
     from saferule_core.unlearning.models import save_model_dir
     from saferule_core.unlearning.sisa import SISA_FILE, train_sisa
 
     shards = args.sisa_shards
-    if isinstance(shards, bool) or shards < 2:
+    if shards < 2:
         raise ConfigError(f"--sisa-shards must be at least 2 (one shard is plain training), got {shards}")
     if args.resume:
         raise ConfigError("--resume continues one run; SISA runs do not resume")
@@ -176,8 +177,10 @@ def _run_sisa(args: argparse.Namespace, overrides: dict[str, Any], train_overrid
                           f"{dataset.num_episodes} episodes")
     with tqdm(total=shards * args.steps, desc=f"train sisa {shards} x {args.algo}", unit="step",
               disable=args.quiet) as bar:
-        ensemble = train_sisa(args.algo, dataset, shards, args.steps, batch_size=train_overrides.get("batch_size", 256),
-                              seed=args.seed, overrides=overrides, num_threads=train_overrides.get("num_threads", 2),
+        defaults = TrainConfig(steps=args.steps)   # the trainer's batch size and threads unless overridden
+        ensemble = train_sisa(args.algo, dataset, shards, args.steps,
+                              batch_size=train_overrides.get("batch_size", defaults.batch_size), seed=args.seed,
+                              overrides=overrides, num_threads=train_overrides.get("num_threads", defaults.num_threads),
                               callback=lambda _shard, _step: bar.update())
     save_model_dir(args.out, ensemble)
     sizes = " ".join(str(len(record.episode_ids)) for record in ensemble.records)
