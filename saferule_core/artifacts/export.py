@@ -36,6 +36,8 @@ from saferule_core.io_utils import atomic_write_bytes
 if TYPE_CHECKING:
     import torch
 
+    from saferule_core.algos.base import Learner
+
 LATENCY_RUNS = 1000
 
 
@@ -166,3 +168,23 @@ def export_and_publish(module: torch.nn.Module, fields: ManifestFields, registry
         metrics: Mapping[str, float] = {**fields.metrics, **report.as_metrics()}
         manifest = registry.publish(report.path, replace(fields, metrics=metrics), signing_key, checkpoint)
     return replace(report, path=registry.path(manifest.version) / ONNX_FILE), manifest
+
+
+def publish_learner(learner: Learner, registry: PolicyRegistry, signing_key: SigningKey, *,
+                    method: str | None = None, parent: str | None = None, forget_request_id: str | None = None,
+                    metrics: Mapping[str, float] | None = None, check_batch: np.ndarray | None = None,
+                    atol: float = 1e-5, checkpoint: CheckpointRecord | None = None
+                    ) -> tuple[ExportReport, ArtifactManifest]:
+    """`export_and_publish` of a learner's deployable policy, its manifest fields taken from the
+    learner (task, widths, action bounds, dataset hash; method defaults to its algorithm). Without
+    `check_batch` the export is checked on observations drawn around its normalisation stats."""
+    info, stats = learner.info, learner.info.stats
+    fields = ManifestFields(
+        task=info.task, obs_dim=info.obs_dim, act_dim=info.act_dim,
+        action_low=[float(v) for v in stats.action_low], action_high=[float(v) for v in stats.action_high],
+        dataset_hash=info.dataset_hash, method=method or info.algo, parent_version=parent,
+        forget_request_id=forget_request_id, metrics=dict(metrics or {}))
+    if check_batch is None:
+        check_batch = default_check_observations(info.obs_dim, stats.obs_mean, stats.obs_std)
+    return export_and_publish(learner.deployable_policy(), fields, registry, signing_key, check_batch=check_batch,
+                              atol=atol, checkpoint=checkpoint)

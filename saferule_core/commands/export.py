@@ -54,9 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saferule_core.artifacts.export import default_check_observations, export_and_publish
+    from saferule_core.artifacts.export import publish_learner
     from saferule_core.artifacts.lineage import checkpoint_record
-    from saferule_core.artifacts.manifest import ManifestFields
     from saferule_core.artifacts.registry import PolicyRegistry
     from saferule_core.artifacts.signing import default_key_dir, load_signing_key
     from saferule_core.unlearning.models import load_model
@@ -68,19 +67,11 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=2, desc="export", unit="stage") as bar:
         bar.set_postfix_str("load model")
         learner = load_model(args.model_dir)
-        info = learner.info
-        stats = info.stats
         bar.update()
         bar.set_postfix_str("export, check, sign, publish")
-        fields = ManifestFields(
-            task=info.task, obs_dim=info.obs_dim, act_dim=info.act_dim,
-            action_low=[float(v) for v in stats.action_low], action_high=[float(v) for v in stats.action_high],
-            dataset_hash=info.dataset_hash, method=args.method or info.algo, parent_version=args.parent,
-            forget_request_id=args.forget_request_id, metrics=dict(args.metric))
-        check_batch = default_check_observations(info.obs_dim, stats.obs_mean, stats.obs_std)
-        report, manifest = export_and_publish(learner.deployable_policy(), fields, registry, signing_key,
-                                              check_batch=check_batch, atol=args.atol,
-                                              checkpoint=checkpoint_record(args.model_dir))
+        report, manifest = publish_learner(learner, registry, signing_key, method=args.method, parent=args.parent,
+                                           forget_request_id=args.forget_request_id, metrics=dict(args.metric),
+                                           atol=args.atol, checkpoint=checkpoint_record(args.model_dir))
         bar.update()
     print(f"published {manifest.version} (parent {manifest.parent_version or '-'}) to {registry.root}")
     print(f"  onnx {report.size_bytes} bytes, opset {report.opset}, sha256 {report.onnx_sha256}")

@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(handler=run)
 
 
-def _read_overrides(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_train_settings(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(algorithm settings, trainer settings) from a YAML file."""
     if path is None:
         return {}, {}
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from saferule_core.algos.trainer import TrainConfig, fit  # torch: imported only when needed
     from saferule_core.data.store import DatasetStore
 
-    overrides, train_overrides = _read_overrides(args.config)
+    overrides, train_overrides = read_train_settings(args.config)
     for key, value in (("cost_limit", args.cost_limit), ("precision", args.precision), ("compile", args.compile)):
         if value is not None:
             overrides[key] = value

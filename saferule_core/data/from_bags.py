@@ -255,6 +255,7 @@ class _EpisodeRows:
     source_bag: str      # the bag of the episode's first aligned step record
     start_ns: int
     end_ns: int
+    bags: frozenset[str]  # every bag that held one of its aligned messages
 
 
 def _align_robot(robot_id: str, messages: _RobotMessages, report: BagImportReport,
@@ -296,9 +297,19 @@ def _align_robot(robot_id: str, messages: _RobotMessages, report: BagImportRepor
         report.unfinished_episodes += not (last[STEP_TERMINATED] or last[STEP_TRUNCATED])
         report.episodes_with_gaps += kept != list(range(len(kept)))
         report.episodes_spanning_bags += len(set(bags)) > 1
-        episodes.append(_EpisodeRows(episode_id, robot_id, kept, bags[0], min(times), max(times)))
+        episodes.append(_EpisodeRows(episode_id, robot_id, kept, bags[0], min(times), max(times), frozenset(bags)))
     report.unused_observations += len(messages.observations.keys() - used_obs)
     report.unused_actions += len(messages.actions.keys() - used_actions)
+
+
+@dataclass
+class BagEpisodes:
+    """What `read_bag_episodes` found: the dataset, its import report, and per episode (in dataset
+    order) the bags its messages came from."""
+
+    dataset: OfflineDataset
+    report: BagImportReport
+    episode_bags: list[frozenset[str]]
 
 
 def dataset_from_bags(paths: Sequence[Path | str], task: str, progress: bool = False
@@ -310,6 +321,12 @@ def dataset_from_bags(paths: Sequence[Path | str], task: str, progress: bool = F
     read too. Episodes are ordered by start time; each row block is in step order. Raises
     DatasetError when no step can be aligned.
     """
+    found = read_bag_episodes(paths, task, progress)
+    return found.dataset, found.report
+
+
+def read_bag_episodes(paths: Sequence[Path | str], task: str, progress: bool = False) -> BagEpisodes:
+    """`dataset_from_bags`, also telling which bags each episode came from."""
     from saferule_core.data.bag_recovery import recover_open_bags
     from saferule_core.tasks.spec import get_task  # importing saferule_core.tasks loads gymnasium
 
@@ -360,7 +377,7 @@ def dataset_from_bags(paths: Sequence[Path | str], task: str, progress: bool = F
     report.start_time = min(ep.start_ns for ep in episodes) / 1e9
     report.end_time = max(ep.end_ns for ep in episodes) / 1e9
     dataset.attrs["from_bags_report"] = json.dumps(report.to_json(), sort_keys=True)
-    return dataset, report
+    return BagEpisodes(dataset, report, [ep.bags for ep in episode_list])
 
 
 def import_bags(paths: Sequence[Path | str], task: str, out: Path | str, *, overwrite: bool = False,

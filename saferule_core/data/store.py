@@ -99,6 +99,7 @@ class Manifest:
     shards: tuple[ShardInfo, ...]
     quarantine: tuple[str, ...] = ()
     next_shard_number: int = 0
+    sources: tuple[str, ...] = ()   # what `append` took episodes from (e.g. bag names), each taken once
     compression: str = "zstd"
     format_version: int = FORMAT_VERSION
 
@@ -119,6 +120,7 @@ class Manifest:
             "episodes_sha256": self.episodes_sha256,
             "quarantine": list(self.quarantine),
             "next_shard_number": self.next_shard_number,
+            "sources": list(self.sources),
             "compression": self.compression,
             "shards": [{"file": s.file, "episode_ids": list(s.episode_ids), "num_rows": s.num_rows,
                         "sha256": s.sha256} for s in self.shards],
@@ -161,6 +163,9 @@ class Manifest:
             shards.append(ShardInfo(file, tuple(ids), raw["num_rows"], raw["sha256"]))
         attrs = need("attrs", dict)
         quarantine = need("quarantine", list)
+        sources = obj.get("sources", [])   # absent in datasets written before appends existed
+        if not isinstance(sources, list) or not all(isinstance(item, str) for item in sources):
+            raise fail("manifest field 'sources' must be a list of strings")
         manifest = Manifest(
             task=need("task", str), attrs={str(k): str(v) for k, v in attrs.items()},
             obs_dim=need("obs_dim", int), act_dim=need("act_dim", int),
@@ -168,6 +173,7 @@ class Manifest:
             dataset_hash=need("dataset_hash", str), episodes_sha256=need("episodes_sha256", str),
             shards=tuple(shards), quarantine=tuple(str(q) for q in quarantine),
             next_shard_number=need("next_shard_number", int), compression=need("compression", str),
+            sources=tuple(sources),
         )
         if manifest.compression not in COMPRESSIONS:
             raise fail(f"unknown shard compression {manifest.compression!r}")
@@ -271,10 +277,12 @@ class DatasetStore:
     @staticmethod
     def create(path: Path | str, dataset: OfflineDataset, episodes_per_shard: int = DEFAULT_EPISODES_PER_SHARD,
                *, overwrite: bool = False, compression: str = "zstd",
-               extra_files: Mapping[str, bytes] | None = None, progress: bool = False) -> DatasetStore:
+               extra_files: Mapping[str, bytes] | None = None, sources: Sequence[str] = (),
+               progress: bool = False) -> DatasetStore:
         """Write `dataset` as a new dataset directory at `path`, all at once or not at all.
 
-        `extra_files` (name -> bytes) are placed in the directory before it appears.
+        `extra_files` (name -> bytes) are placed in the directory before it appears; `sources` names
+        what the episodes were taken from (see `append`).
         """
         path = Path(path)
         if episodes_per_shard <= 0:
@@ -317,6 +325,7 @@ class DatasetStore:
                     num_episodes=dataset.num_episodes, num_transitions=dataset.num_transitions,
                     dataset_hash=dataset.dataset_hash(), episodes_sha256=_sha256(table), shards=tuple(shards),
                     next_shard_number=len(shards), compression=compression,
+                    sources=_checked_sources(sources, ()),
                 )
                 (tmp / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
         except FileExistsError as err:
@@ -428,6 +437,66 @@ class DatasetStore:
                 self._commit_manifest(replace(self.manifest, quarantine=kept))
             return tuple(eid for eid in self.episode_ids() if eid in released)
 
+    # ----- growth ------------------------------------------------------------------------------
+    def append(self, dataset: OfflineDataset | None, sources: Sequence[str] = (), progress: bool = False) -> int:
+        """Add `dataset`'s episodes (new shards) and record `sources` as taken, in one commit.
+
+        Episode ids must be new to the store and sources must not have been recorded before (a
+        source is taken once, even after its episodes are deleted again). `dataset` may be None to
+        record sources that held no usable episode. A crash before the manifest swap leaves the
+        store as it was (the new shards are orphans that `open` removes). Returns the number of
+        episodes added.
+        """
+        with _DirLock(self.path, exclusive=True):
+            self._reload()
+            old = self.manifest
+            new_sources = _checked_sources(sources, old.sources)
+            if dataset is None or dataset.num_episodes == 0:
+                if new_sources:
+                    self._commit_manifest(replace(old, sources=old.sources + new_sources))
+                return 0
+            dataset.validate()
+            if dataset.task != old.task or (dataset.obs_dim, dataset.act_dim) != (old.obs_dim, old.act_dim):
+                raise DatasetError(f"cannot append {dataset.task or 'untitled'} episodes (obs/act widths "
+                                   f"{dataset.obs_dim}/{dataset.act_dim}) to {self.path}, a {old.task} dataset "
+                                   f"({old.obs_dim}/{old.act_dim})")
+            known = set(old.episode_ids())
+            taken = [eid for eid in dataset.episode_ids() if eid in known]
+            if taken:
+                raise DatasetError(f"{len(taken)} episode ids are already in {self.path} (first: "
+                                   f"{', '.join(taken[:5])})")
+            dataset = dataset.with_content_hashes()
+            per_shard = DEFAULT_EPISODES_PER_SHARD
+            next_number = old.next_shard_number
+            new_shards: list[ShardInfo] = []
+            shard_of_new: list[str] = []
+            groups = [np.arange(i, min(i + per_shard, dataset.num_episodes))
+                      for i in range(0, dataset.num_episodes, per_shard)]
+            for positions in tqdm(groups, desc="writing shards", unit="shard", disable=not progress):
+                data = _encode_shard(dataset, positions, old.compression)
+                file = _shard_file(next_number)
+                next_number += 1
+                atomic_write_bytes(self.path / file, data)
+                ids = tuple(dataset.episodes[int(p)].episode_id for p in positions)
+                new_shards.append(ShardInfo(file, ids, int(dataset.episode_lengths[positions].sum()), _sha256(data)))
+                shard_of_new += [file] * len(ids)
+            episodes = [*self.episodes, *dataset.episodes]
+            lengths = np.concatenate([self.episode_lengths, dataset.episode_lengths]).astype(np.int64)
+            shard_of = [s.file for s in old.shards for _ in s.episode_ids] + shard_of_new
+            table = _episode_table_bytes(episodes, lengths.tolist(), shard_of, old.compression)
+            atomic_write_bytes(self.path / PENDING_EPISODES_FILE, table)
+            new_manifest = replace(
+                old, shards=old.shards + tuple(new_shards), num_episodes=len(episodes),
+                num_transitions=int(lengths.sum()), next_shard_number=next_number, sources=old.sources + new_sources,
+                dataset_hash=dataset_hash_from_episodes(old.task, [e.episode_id for e in episodes],
+                                                        [e.content_hash for e in episodes]),
+                episodes_sha256=_sha256(table),
+            )
+            self._commit_manifest(new_manifest)
+            _finish_commit(self.path, new_manifest)
+            self.episodes, self.episode_lengths = episodes, lengths
+            return dataset.num_episodes
+
     # ----- physical deletion ---------------------------------------------------------------
     def delete_episodes(self, episode_ids: Sequence[str], progress: bool = False) -> DeletionReport:
         """Remove episodes from disk: rewrite only the shards that hold them, then swap the manifest."""
@@ -529,6 +598,18 @@ class DatasetStore:
 
 
 # ----- file-level reading and recovery ---------------------------------------------------------
+
+def _checked_sources(sources: Sequence[str], recorded: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(sources, str):
+        raise DatasetError("sources must be a list of names, not one string")
+    names = tuple(dict.fromkeys(str(name) for name in sources))
+    if any(not name for name in names):
+        raise DatasetError("a source name must not be empty")
+    again = [name for name in names if name in set(recorded)]
+    if again:
+        raise DatasetError(f"already taken from: {', '.join(again[:5])}")
+    return names
+
 
 class _DirLock:
     """An advisory lock on the dataset directory: writers exclusive, readers shared.

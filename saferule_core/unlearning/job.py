@@ -26,9 +26,9 @@ import numpy as np
 from nacl.signing import SigningKey
 
 from saferule_core.algos.base import Learner
-from saferule_core.artifacts.export import default_check_observations, export_and_publish
+from saferule_core.artifacts.export import default_check_observations, publish_learner
 from saferule_core.artifacts.lineage import CheckpointRecord, checkpoint_record
-from saferule_core.artifacts.manifest import ArtifactManifest, ManifestFields
+from saferule_core.artifacts.manifest import ArtifactManifest
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.artifacts.signing import load_signing_key
 from saferule_core.data.dataset import OfflineDataset
@@ -240,12 +240,8 @@ def _publish(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray,
                                            replace=False)
     real = retained[np.sort(rows)]
     synthetic = default_check_observations(info.obs_dim, retained.mean(axis=0), retained.std(axis=0) + 1e-3)
-    fields = ManifestFields(
-        task=info.task, obs_dim=info.obs_dim, act_dim=info.act_dim,
-        action_low=[float(v) for v in info.stats.action_low], action_high=[float(v) for v in info.stats.action_high],
-        dataset_hash=info.dataset_hash, method=method, parent_version=parent, forget_request_id=request_id,
-        metrics=_finite(metrics))
-    _, manifest = export_and_publish(learner.deployable_policy(), fields, registry, signing_key,
-                                     check_batch=np.concatenate([real, synthetic]).astype(np.float32),
-                                     checkpoint=checkpoint)
+    _, manifest = publish_learner(learner, registry, signing_key, method=method, parent=parent,
+                                  forget_request_id=request_id, metrics=_finite(metrics),
+                                  check_batch=np.concatenate([real, synthetic]).astype(np.float32),
+                                  checkpoint=checkpoint)
     return manifest

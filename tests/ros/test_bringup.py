@@ -41,7 +41,8 @@ def test_fleet_nodes_lists_each_node_once_with_its_namespace(tmp_path: Path) -> 
     specs = fleet_nodes(FleetArgs(robots=3, data_root=str(tmp_path)))
     labels = [spec.label for spec in specs]
     assert labels == ["robot_1/sim_robot", "robot_1/policy_runner", "robot_2/sim_robot", "robot_2/policy_runner",
-                      "robot_3/sim_robot", "robot_3/policy_runner", "recorder", "unlearning_server", "fleet_monitor"]
+                      "robot_3/sim_robot", "robot_3/policy_runner", "recorder", "dataset_ingestor", "unlearning_server",
+                      "fleet_monitor"]
     assert all(spec.package == PACKAGE for spec in specs)
     assert {spec.namespace for spec in specs if spec.executable == "sim_robot"} == {"/robot_1", "/robot_2", "/robot_3"}
     assert {spec.namespace for spec in specs if spec.executable in ("recorder", "unlearning_server")} == {"/"}
@@ -169,7 +170,7 @@ def test_any_fleet_size_starts_with_the_default_arguments(tmp_path: Path, robots
     specs = fleet_nodes(FleetArgs.from_strings({"robots": str(robots), "data_root": str(tmp_path)}))
     assert [spec.label for spec in specs] == [f"{robot}/{node}" for robot in robot_ids
                                               for node in ("sim_robot", "policy_runner")] + [
-        "recorder", "unlearning_server", "fleet_monitor"]
+        "recorder", "dataset_ingestor", "unlearning_server", "fleet_monitor"]
     nodes = by_label(specs)
     monitor = overrides(nodes["fleet_monitor"])
     assert monitor["robots"] == robot_ids and monitor["compromised_robot"] == "" and monitor["auto_forget"] is False

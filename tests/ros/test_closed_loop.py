@@ -48,6 +48,7 @@ def test_a_forget_request_swaps_a_safer_policy_onto_every_robot(tmp_path: Path) 
     unlearn_config = tmp_path / "unlearn.yaml"
     unlearn_config.write_text(yaml.safe_dump({"steps": 200, "num_threads": 1, "log_every": 20}))
     fleet = FleetArgs(robots=3, data_root=str(tmp_path / "fleet"), control_rate=50.0, compromised_robot=COMPROMISED,
+                      ingest_bags=False,  # the dataset below is made by hand
                       method="safe_rule", unlearn_config_file=str(unlearn_config))
     layout = fleet.layout
     prepare_data_root(layout)

@@ -27,6 +27,7 @@ from saferule_ros.conversions import (
     label_of,
     step_record,
 )
+from saferule_ros.dataset_ingestor import DatasetIngestorConfig
 from saferule_ros.fleet_monitor import FleetMonitorConfig
 from saferule_ros.params import ConfigError, config_defaults, declare_config
 from saferule_ros.policy_runner import PolicyRunnerConfig
@@ -134,7 +135,8 @@ def test_typed_parameters_coerce_integers_and_fill_empty_lists(context: rclpy.Co
                                           ("policy_runner.yaml", PolicyRunnerConfig),
                                           ("policy_runner_generic.yaml", PolicyRunnerConfig),
                                           ("fleet_monitor.yaml", FleetMonitorConfig),
-                                          ("unlearning_server.yaml", UnlearningServerConfig)])
+                                          ("unlearning_server.yaml", UnlearningServerConfig),
+                                          ("dataset_ingestor.yaml", DatasetIngestorConfig)])
 def test_shipped_yaml_names_only_real_parameters(file: str, config: type) -> None:
     params = yaml.safe_load((CONFIG_DIR / file).read_text())["/**"]["ros__parameters"]
     defaults = config_defaults(config)
@@ -142,7 +144,7 @@ def test_shipped_yaml_names_only_real_parameters(file: str, config: type) -> Non
     for name, value in params.items():
         default = defaults[name]
         assert isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)), name
-    if file in ("sim_robot.yaml", "recorder.yaml"):  # these state every default
+    if file in ("sim_robot.yaml", "recorder.yaml", "dataset_ingestor.yaml"):  # these state every default
         assert params == defaults
 
 

@@ -24,6 +24,7 @@ setup(
         "sim_robot = saferule_ros.sim_robot:main",
         "policy_runner = saferule_ros.policy_runner:main",
         "recorder = saferule_ros.recorder:main",
+        "dataset_ingestor = saferule_ros.dataset_ingestor:main",
         "unlearning_server = saferule_ros.unlearning_server:main",
         "fleet_monitor = saferule_ros.fleet_monitor:main",
         "fleet_cli = saferule_ros.fleet_cli:main",

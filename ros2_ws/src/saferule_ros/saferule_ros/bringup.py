@@ -7,6 +7,7 @@ and what the launch-free runner (`python -m saferule_ros.bringup up`) starts as 
     /robot_<i>/policy_runner      runs the registry's signed policy on that robot, follows `latest`
     /robot_<i>/behaviour_driver   only with behaviour_drivers: scripted driving until a policy runs
     /recorder                     MCAP bags of every robot's topics
+    /dataset_ingestor             appends each closed bag's finished episodes to the fleet's dataset
     /unlearning_server            Forget service + Unlearn action; swaps every runner on success
     /fleet_monitor                per-robot episode cost; forgets a compromised robot's data (if one is named)
 
@@ -16,6 +17,7 @@ lies under one data root (see `FleetLayout`).
 
     python -m saferule_ros.bringup up --robots 3 --task BallRun --data-root fleet
     python -m saferule_ros.bringup show --robots 2          # the commands, without starting them
+    python -m saferule_ros.bringup bootstrap --data-root fleet --task BallRun   # the first policy
 """
 
 from __future__ import annotations
@@ -143,8 +145,13 @@ class FleetArgs:
     compromised_robot: str = _arg("", "robot whose data the monitor forgets when costs rise, e.g. robot_3 "
                                       "('' = none)")
     behaviour_drivers: bool = _arg(False, "drive every robot with scripted behaviours until its runner has a policy")
+    poison_logs: bool = _arg(False, "red-team: the compromised robot's step records claim zero cost, so its "
+                                    "reckless episodes enter the dataset as safe ones")
     seed: int = _arg(0, "seed of the simulators and behaviour drivers")
-    bag_split_s: float = _arg(600.0, "the recorder closes a bag after this many seconds")
+    bag_split_s: float = _arg(600.0, "the recorder closes a bag after this many seconds (recorded episodes join "
+                                     "the dataset within about this long)")
+    ingest_bags: bool = _arg(True, "append each closed bag's finished episodes to the fleet's dataset "
+                                   "(dataset_ingestor)")
     unlearn_config_file: str = _arg("", "YAML of UnlearnConfig overrides for the server ('' = defaults)")
     config_dir: str = _arg("", "directory of the nodes' YAML parameter files ('' = the package's config/)")
 
@@ -162,6 +169,8 @@ class FleetArgs:
         from saferule_core.tasks.spec import get_task
 
         get_task(self.task)  # TaskError (a SafeRuleError) names the known tasks
+        if self.poison_logs and not self.compromised_robot:
+            raise FleetConfigError("poison_logs needs compromised_robot: name the robot whose logs are poisoned")
         if self.compromised_robot and self.compromised_robot not in self.robot_ids:
             raise FleetConfigError(f"compromised_robot {self.compromised_robot!r} is not a robot of this fleet of "
                                    f"{self.robots} ({', '.join(self.robot_ids)}); name one of them, or '' for none")
@@ -238,7 +247,8 @@ def fleet_nodes(args: FleetArgs) -> list[NodeSpec]:
         namespace = f"/{robot}"
         specs.append(NodeSpec(PACKAGE, "sim_robot", "sim_robot", namespace, (
             _yaml(config, "sim_robot"),
-            {"task": args.task, "rate_hz": float(args.control_rate), "seed": args.seed * 1000 + index},
+            {"task": args.task, "rate_hz": float(args.control_rate), "seed": args.seed * 1000 + index,
+             "tamper_cost_log": args.poison_logs and robot == args.compromised_robot},
         )))
         specs.append(NodeSpec(PACKAGE, "policy_runner", "policy_runner", namespace, (
             _yaml(config, "policy_runner"),
@@ -254,6 +264,11 @@ def fleet_nodes(args: FleetArgs) -> list[NodeSpec]:
         _yaml(config, "recorder"),
         {"robots": args.robot_ids, "out_dir": str(layout.bags_dir), "split_max_duration_s": float(args.bag_split_s)},
     )))
+    if args.ingest_bags:
+        specs.append(NodeSpec(PACKAGE, "dataset_ingestor", "dataset_ingestor", "/", (
+            _yaml(config, "dataset_ingestor"),
+            {"bags_dir": str(layout.bags_dir), "dataset_dir": str(layout.dataset_dir), "task": args.task},
+        )))
     # The dataset may not exist yet (it is built from the bags the fleet records): the server only
     # warns at start, and refuses requests that name no dataset until it does.
     specs.append(NodeSpec(PACKAGE, "unlearning_server", "unlearning_server", "/", (
@@ -321,7 +336,8 @@ def _add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     for spec in dataclasses.fields(FleetArgs):
         help_text = spec.metadata["help"]
         if hints[spec.name] is bool:
-            parser.add_argument(_option(spec.name), action="store_true", help=help_text)
+            parser.add_argument(_option(spec.name), action=argparse.BooleanOptionalAction, default=spec.default,
+                                help=help_text)
         else:
             parser.add_argument(_option(spec.name), type=hints[spec.name], default=spec.default,
                                 help=f"{help_text} (default: {spec.default!r})")
@@ -381,6 +397,59 @@ def _up(fleet: FleetArgs) -> int:
     return 1 if failed else 0
 
 
+BOOTSTRAP_DESCRIPTION = """\
+Give a fleet its first policy from its own recorded data: ingest the closed bags under
+<data root>/bags into the fleet's dataset, train a learner on it into <data root>/models/deployed
+(progress bar), export it to ONNX, check it, sign it with the fleet's key and publish it to
+<data root>/policies with its checkpoint recorded. Every policy runner of a running fleet switches
+to it by itself; Forget requests and unlearning then start from this model.
+
+Run it while the fleet drives (with behaviour_drivers:=true the robots log data before any policy
+exists). Refused, with the reason, when the dataset has fewer than --min-episodes finished
+episodes or the fleet already has a published policy.
+"""
+
+BOOTSTRAP_EPILOG = """\
+example:
+  ros2 launch saferule_ros unlearn.launch.py behaviour_drivers:=true bag_split_s:=30 data_root:=/tmp/fleet
+  python -m saferule_ros.bringup bootstrap --data-root /tmp/fleet --task BallRun --steps 10000
+  python -m saferule_ros.bringup bootstrap --data-root /tmp/fleet --config learner.yaml   # as saferule train --config
+"""
+
+
+def _bootstrap(ns: argparse.Namespace) -> int:
+    from saferule_core.commands.train import read_train_settings
+    from saferule_ros.bootstrap import BootstrapSettings, bootstrap_first_policy
+
+    learner_settings, train_settings = read_train_settings(ns.config)
+    layout = FleetLayout(Path(ns.data_root).expanduser().resolve(), ns.dataset)
+    settings = BootstrapSettings(task=ns.task, algo=ns.algo, steps=ns.steps, seed=ns.seed,
+                                 min_episodes=ns.min_episodes, learner_settings=learner_settings,
+                                 train_settings=train_settings, progress=not ns.quiet)
+    result = bootstrap_first_policy(layout, settings, say=lambda text: print(f"[bootstrap] {text}", flush=True))
+    print(f"[bootstrap] {result.version}: {settings.algo} trained on {result.episodes} episodes in "
+          f"{result.train_seconds:.0f} s; checkpoint {result.model_dir}")
+    return 0
+
+
+def _add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
+    from saferule_ros.bootstrap import DEFAULT_ALGO, DEFAULT_MIN_EPISODES, DEFAULT_STEPS
+
+    defaults = FleetArgs()
+    parser.add_argument("--data-root", default=defaults.data_root, help="the fleet's data root (default: %(default)s)")
+    parser.add_argument("--dataset", default=defaults.dataset, help="the fleet's dataset under the data root "
+                                                                     "(default: %(default)s)")
+    parser.add_argument("--task", default=defaults.task, help="the task the fleet's robots run (default: %(default)s)")
+    parser.add_argument("--algo", default=DEFAULT_ALGO, help="learner (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training updates (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    parser.add_argument("--min-episodes", type=int, default=DEFAULT_MIN_EPISODES,
+                        help="refuse to train on fewer finished episodes (default: %(default)s)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML of learner settings plus an optional train: mapping (as saferule train --config)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bringup", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -391,8 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     show = commands.add_parser("show", help="print each node's command line, start nothing")
     for sub in (up, show):
         _add_fleet_arguments(sub)
+    bootstrap = commands.add_parser("bootstrap", help="train and publish the fleet's first policy from its bags",
+                                    description=BOOTSTRAP_DESCRIPTION, epilog=BOOTSTRAP_EPILOG,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_bootstrap_arguments(bootstrap)
     ns = parser.parse_args(argv)
     try:
+        if ns.command == "bootstrap":
+            return _bootstrap(ns)
         fleet = args_from_namespace(ns)
         if ns.command == "show":
             import shlex

@@ -190,13 +190,6 @@ def _renamed_robots(dataset: OfflineDataset, names: dict[str, str]) -> OfflineDa
     return dataclasses.replace(dataset, episodes=episodes)
 
 
-def closed_bags(bags_dir: Path) -> list[Path]:
-    """Bags the recorder has finished (metadata.yaml is written last)."""
-    if not bags_dir.is_dir():
-        return []
-    return sorted(p for p in bags_dir.iterdir() if p.is_dir() and (p / "metadata.yaml").is_file())
-
-
 def complete_episodes(dataset: OfflineDataset) -> OfflineDataset:
     """Only the episodes whose last recorded step ended them (an episode still running when its bag
     closed continues in the next, open bag)."""
@@ -304,20 +297,13 @@ def evaluate_artifact(registry_dir: Path, version: str, verify_key_dir: Path, se
 
 def publish_learner(learner: Learner, layout: FleetLayout, metrics: dict[str, float]) -> str:
     """Export, check, sign and publish a learner's deployable policy; returns the new version."""
-    from saferule_core.artifacts.export import default_check_observations, export_and_publish
-    from saferule_core.artifacts.manifest import ManifestFields
+    from saferule_core.artifacts import export
     from saferule_core.artifacts.registry import PolicyRegistry
     from saferule_core.artifacts.signing import load_signing_key
 
-    info, stats = learner.info, learner.info.stats
     registry = PolicyRegistry(layout.registry_dir)
-    fields = ManifestFields(task=info.task, obs_dim=info.obs_dim, act_dim=info.act_dim,
-                            action_low=[float(v) for v in stats.action_low],
-                            action_high=[float(v) for v in stats.action_high], dataset_hash=info.dataset_hash,
-                            method=info.algo, parent_version=registry.latest(), metrics=metrics)
-    check = default_check_observations(info.obs_dim, stats.obs_mean, stats.obs_std)
-    _, manifest = export_and_publish(learner.deployable_policy(), fields, registry,
-                                     load_signing_key(layout.key_dir), check_batch=check)
+    _, manifest = export.publish_learner(learner, registry, load_signing_key(layout.key_dir),
+                                         parent=registry.latest(), metrics=metrics)
     return manifest.version
 
 
@@ -342,6 +328,7 @@ class DemoRun:
         return FleetArgs(task=s.task, robots=s.robots, data_root=str(self.run_dir / "fleet"), method="safe_rule",
                          control_rate=s.control_rate, compromised_robot=s.compromised_robot,
                          behaviour_drivers=True, seed=s.seed, bag_split_s=s.bag_split_s,
+                         ingest_bags=False,   # (b) builds the dataset itself, merged with the historical logs
                          unlearn_config_file=str(self.run_dir / "unlearn_config.yaml"))
 
     def say(self, text: str) -> None:
@@ -360,6 +347,7 @@ class DemoRun:
 def run_demo(settings: DemoSettings, run_dir: Path) -> dict[str, Any]:
     """Run every stage; returns the record the report is made from (also written as record.json)."""
     from saferule_core.data.from_bags import dataset_from_bags
+    from saferule_core.data.ingest import closed_bags
     from saferule_core.data.ledger import ForgetLedger
     from saferule_core.data.store import DatasetStore
     from saferule_core.tasks.spec import get_task

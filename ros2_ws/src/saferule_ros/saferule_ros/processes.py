@@ -129,6 +129,16 @@ class FleetProcesses:
     def pid(self, label: str) -> int:
         return self.nodes[label].proc.pid
 
+    def kill(self, label: str, timeout: float = 10.0) -> int:
+        """SIGKILL one node (a crash, for tests of what survives one) and forget it, so that `start`
+        can start it again. Returns its exit status."""
+        node = self.nodes.pop(label)
+        node.proc.kill()
+        status = node.proc.wait(timeout)
+        if node.reader is not None:
+            node.reader.join(timeout=2.0)
+        return status
+
     # ----- stopping ----------------------------------------------------------------------------
     def stop(self, sigint_timeout: float = 10.0, sigterm_timeout: float = 5.0) -> dict[str, int]:
         """SIGINT every running node, then SIGTERM those still running after `sigint_timeout`, then

@@ -45,7 +45,9 @@ class SimRobotConfig:
     robot_id: str = ""              # empty: the node's namespace ("/robot_1" -> "robot_1")
     command_timeout_s: float = 0.2  # no command for this long -> zero action (safe stop)
     max_episode_steps: int = 0      # 0: the task's episode length; otherwise the smaller of the two
-    first_episode_seq: int = 0      # episode ids count up from here (keep them unique across runs)
+    first_episode_seq: int = -1     # episode ids count up from here; -1: the start time in ms, so that a
+                                    # restarted robot never repeats an id (below 1000 episodes a second)
+    tamper_cost_log: bool = False   # red-team only: step records claim zero cost (a compromised robot's logs)
 
 
 class SimRobot(Node):
@@ -74,7 +76,8 @@ class SimRobot(Node):
         self.ticks = 0
         self.safe_stop_ticks = 0
         self.rejected_commands = 0
-        self.episode_seq = cfg.first_episode_seq - 1
+        first = cfg.first_episode_seq if cfg.first_episode_seq >= 0 else int(time.time() * 1000)
+        self.episode_seq = first - 1
         self._start_episode()
         # A steady-clock timer (immune to system clock jumps). Timer and subscription share the
         # node's default (mutually exclusive) callback group: no locking.
@@ -119,7 +122,8 @@ class SimRobot(Node):
         key = step_key(self.episode_id, self.step)
         truncated = truncated or self.step + 1 >= self.episode_limit
         self.applied_pub.publish(float32_array(applied, key))
-        self.record_pub.publish(step_record(self.episode_id, self.step, reward, info["cost"], terminated, truncated))
+        logged_cost = 0.0 if self.config.tamper_cost_log else info["cost"]
+        self.record_pub.publish(step_record(self.episode_id, self.step, reward, logged_cost, terminated, truncated))
         self.step += 1
         self.obs_pub.publish(float32_array(observation, step_key(self.episode_id, self.step)))
         if terminated or truncated:
