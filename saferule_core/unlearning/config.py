@@ -44,6 +44,8 @@ class SafeRuleConfig:
     retained data).
     """
 
+    critic_refit_fraction: float = 0.0  # share of the steps, first, in which only critics, behaviour model and
+                                        # multiplier learn (retained data; the actor holds still)
     repair_fraction: float = 0.3       # share of UnlearnConfig.steps spent repairing on retained data only
     # The critic hinges are off by default: on the gate-2 regime's dev seeds they inflate Q_c on
     # retained states and stop the policy (0/10 joint success at w_r = w_c = 10; docs/safe_rule.md).
@@ -65,6 +67,10 @@ class SafeRuleConfig:
 
     def validate(self) -> None:
         _check_fraction("safe_rule", "repair_fraction", self.repair_fraction, open_top=True)
+        _check_fraction("safe_rule", "critic_refit_fraction", self.critic_refit_fraction, open_top=True)
+        if self.critic_refit_fraction + self.repair_fraction >= 1.0:
+            raise UnlearningError("safe_rule.critic_refit_fraction + repair_fraction must leave steps for suppression "
+                                  f"(got {self.critic_refit_fraction} + {self.repair_fraction})")
         _check_non_negative("safe_rule", reward_weight=self.reward_weight, cost_weight=self.cost_weight,
                             actor_weight=self.actor_weight, behaviour_weight=self.behaviour_weight,
                             reward_margin=self.reward_margin, cost_margin=self.cost_margin, cost_floor=self.cost_floor,

@@ -107,6 +107,20 @@ def scaled_gradients(optimizers: Sequence[torch.optim.Optimizer], scale: float) 
             handle.remove()
 
 
+@contextlib.contextmanager
+def held_still(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """While the block runs, the optimizer's steps leave its parameters where they are (learning
+    rate 0; a zero gradient would not do: Adam's momentum would still move them)."""
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    try:
+        yield
+    finally:
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate
+
+
 @dataclass
 class ModelParts:
     """The parts of a learner that unlearning reads and writes. Critic fields are None for

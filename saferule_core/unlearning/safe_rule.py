@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from saferule_core.algos.batch import Batch
 from saferule_core.unlearning.config import SafeRuleConfig
 from saferule_core.unlearning.methods import MethodOutcome
-from saferule_core.unlearning.parts import (ModelParts, clone_learner, extra_gradient, load_network_state,
-                                            model_parts, network_state)
+from saferule_core.unlearning.parts import (ModelParts, clone_learner, extra_gradient, held_still,
+                                            load_network_state, model_parts, network_state)
 from saferule_core.unlearning.session import ScoringStates, Session, offline_estimates
 
 SCALE_FLOOR = 1e-3   # smallest unit a relative margin is measured in
@@ -189,6 +189,7 @@ def run_safe_rule(session: Session) -> MethodOutcome:
     retained, forget = session.retained_sampler(), session.forget_sampler()
     total = session.config.steps
     repair_steps = int(round(cfg.repair_fraction * total))
+    refit_steps = int(round(cfg.critic_refit_fraction * total))
     suppress_steps = total - repair_steps
     terms = ForgetTerms(parts, cfg, behaviour_threshold(parts, retained.sample(), cfg.behaviour_quantile))
     terms.start(forget.rows(torch.arange(forget.num_transitions)))
@@ -203,8 +204,13 @@ def run_safe_rule(session: Session) -> MethodOutcome:
             snapshots.append((step, network_state(learner)))
 
     learner.train_mode(True)
+    # Refit: the critics (and the multiplier) learn the retained data's values of the current policy
+    # before the actor moves on them; the forget terms wait for the actor.
+    with held_still(parts.actor_optimizer):
+        for step in range(1, refit_steps + 1):
+            session.step_done("refit", step / total, learner.update(retained.sample()))
     with terms.attached():
-        for step in range(1, suppress_steps + 1):
+        for step in range(refit_steps + 1, suppress_steps + 1):
             terms.draw(session.config.forget_batch_size, generator)
             terms.last = {}
             metrics = learner.update(retained.sample())

@@ -171,3 +171,30 @@ def test_checkpoint_choice_prefers_the_best_reward_within_the_cost_threshold(
     # none within: the lowest cost value, whatever its reward
     choice = run_with_scores([(9.0, 3 * threshold), (1.0, over), (5.0, 2 * threshold)])
     assert (choice["selected_step"], choice["selected_cost_value"]) == (15.0, over)
+
+
+def test_critic_refit_moves_the_critics_while_the_actor_holds_still(trained: dict[str, Learner],
+                                                                    dataset: OfflineDataset) -> None:
+    import pytest
+
+    from saferule_core.errors import UnlearningError
+    from saferule_core.unlearning.config import SafeRuleConfig
+
+    learner = trained["bcq_lag"]
+    seed_everything(0)
+    config = small_config(steps=20, safe_rule={"critic_refit_fraction": 0.5, "select_every": 0})
+    refitted, _ = unlearn(learner, dataset, forget_mask_of(dataset), "safe_rule", config)
+    # held_still: Adam, with momentum from earlier steps, leaves the actor where it is
+    from saferule_core.unlearning.parts import clone_learner, held_still
+
+    copy = model_parts(clone_learner(learner))
+    before = [p.detach().clone() for p in copy.actor.parameters()]
+    with held_still(copy.actor_optimizer):
+        for param in copy.actor.parameters():
+            param.grad = torch.ones_like(param)
+        copy.actor_optimizer.step()
+    assert all(torch.equal(old, new) for old, new in zip(before, copy.actor.parameters()))
+    assert all(group["lr"] > 0 for group in copy.actor_optimizer.param_groups)     # the rate comes back
+    assert _forget_distance(refitted, dataset) != _forget_distance(learner, dataset)   # then the actor moved
+    with pytest.raises(UnlearningError, match="must leave steps for suppression"):
+        SafeRuleConfig(critic_refit_fraction=0.7, repair_fraction=0.3).validate()
