@@ -29,6 +29,16 @@ def wait_for(done, what: str, processes: FleetProcesses) -> None:  # type: ignor
         time.sleep(0.2)
 
 
+def _written_step_records(bags: list[Path]) -> int:
+    from rosbags.rosbag2 import Reader
+
+    total = 0
+    for bag in bags:
+        with Reader(bag) as reader:
+            total += sum(conn.msgcount for conn in reader.connections if conn.topic.endswith("/step_record"))
+    return total
+
+
 def test_closed_bags_join_the_dataset_while_the_fleet_drives(tmp_path: Path) -> None:
     fleet = FleetArgs(robots=2, data_root=str(tmp_path / "fleet"), behaviour_drivers=True, control_rate=100.0,
                       bag_split_s=3.0)
@@ -65,6 +75,11 @@ def test_closed_bags_join_the_dataset_while_the_fleet_drives(tmp_path: Path) -> 
     # every finished episode the bags hold is in the dataset once, with all of its steps
     assert sorted(store.episode_ids()) == sorted(expected.episode_ids())
     assert store.num_transitions == expected.num_transitions
+    # ... and the step records the recorder wrote (its own per-topic counts in the bags) are exactly
+    # those transitions plus the steps of episodes the recording cut off (the first, the last)
+    written = _written_step_records(bags)
+    cut_off = recorded.num_transitions - expected.num_transitions
+    assert written == store.num_transitions + cut_off, (written, store.num_transitions, cut_off)
     held = set(bags[-1:]) if not finished[-1:].all() else set()
     assert set(store.manifest.sources) | {b.name for b in held} == {b.name for b in bags}
     assert {ep.robot_id for ep in store.episodes} == {"robot_1", "robot_2"}
