@@ -158,6 +158,13 @@ class PolicyRegistry:
                                 f"(has {', '.join(known) if known else 'none'})")
         return path
 
+    def version_for_request(self, request_id: str) -> str | None:
+        """The newest version published for forget request `request_id` (its manifest names it), if any."""
+        for version in reversed(self.versions()):
+            if self.manifest(version).forget_request_id == request_id:
+                return version
+        return None
+
     def checkpoint_of(self, version: str) -> Path | None:
         """The model directory `version` was exported from (checked to still hold that model);
         None when the version was published without a record. ArtifactError when it is gone or changed."""

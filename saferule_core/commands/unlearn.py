@@ -125,9 +125,13 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     report = result.report
-    print(f"request {request_id}: unlearned with {report.method} in {report.wall_time_s:.1f} s "
-          f"({report.updates} updates; forgot {report.forget_episodes} episodes, kept "
-          f"{report.retain_transitions} transitions)")
+    if report is None:
+        print(f"request {request_id}: {result.new_version} had been published for it before an interruption; "
+              f"recorded it")
+    else:
+        print(f"request {request_id}: unlearned with {report.method} in {report.wall_time_s:.1f} s "
+              f"({report.updates} updates; forgot {report.forget_episodes} episodes, kept "
+              f"{report.retain_transitions} transitions)")
     print(f"published {result.new_version} (parent {result.parent_version or '-'}); model in {result.model_dir}")
     for name in ("reward_value", "cost_value", "forget_action_distance"):
         if name in result.metrics_before and name in result.metrics_after:

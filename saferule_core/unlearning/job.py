@@ -69,7 +69,7 @@ class JobResult:
     new_version: str
     parent_version: str | None
     model_dir: Path
-    report: UnlearnReport
+    report: UnlearnReport | None        # None: the version was published before an interruption (resumed)
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
 
@@ -198,32 +198,57 @@ def run_forget_job(paths: JobPaths, request_id: str, method: str = "safe_rule", 
             entry = ledger.transition(request_id, LedgerState.UNLEARNING)
     except SafeRuleError as err:
         raise UnlearningError(f"request {request_id}: cannot start: {err}") from err
-    try:
-        new_learner, report = unlearn(learner, job.dataset, job.forget_mask, method, config, progress, should_stop)
-        model_dir = save_model_dir(Path(paths.work_dir) / request_id, new_learner)
-        if progress is not None:
-            progress("publish", 1.0, {})
-        metrics_after = {**report.offline_after, **report.details, "wall_time_s": report.wall_time_s,
-                         "updates": float(report.updates), "stats_rebased": float(report.stats_rebased)}
-        parent = registry.latest()
-        manifest = _publish(new_learner, job.dataset, job.forget_mask, registry, signing_key, parent, request_id,
-                            method, metrics_after, checkpoint_record(model_dir))
-        ledger.transition(request_id, LedgerState.UNLEARNED, artifact_version=manifest.version,
-                          metrics=_finite(metrics_after))
-    except Exception as err:
-        message = str(err) if isinstance(err, SafeRuleError) else f"internal error: {type(err).__name__}: {err}"
-        ledger.transition(request_id, LedgerState.FAILED, error=message[:2000] or type(err).__name__)
-        if isinstance(err, UnlearningError):
-            raise
-        raise UnlearningError(f"request {request_id} failed: {message}") from err
+    published = registry.version_for_request(request_id)
+    if published is not None:
+        # Interrupted between publishing and recording: record that version, never a second one.
+        result = _record_published(registry, ledger, request_id, published)
+    else:
+        try:
+            result = _unlearn_and_publish(paths, job, learner, registry, signing_key, ledger, method, config,
+                                          progress, should_stop)
+        except Exception as err:
+            message = str(err) if isinstance(err, SafeRuleError) else f"internal error: {type(err).__name__}: {err}"
+            ledger.transition(request_id, LedgerState.FAILED, error=message[:2000] or type(err).__name__)
+            if isinstance(err, UnlearningError):
+                raise
+            raise UnlearningError(f"request {request_id} failed: {message}") from err
     if purge:
         try:
             purge_forgotten(job.store, request_id, ledger=ledger)
         except SafeRuleError as err:
-            raise UnlearningError(f"request {request_id}: unlearned as {manifest.version}, but the purge "
+            raise UnlearningError(f"request {request_id}: unlearned as {result.new_version}, but the purge "
                                   f"failed: {err}") from err
+    return result
+
+
+def _unlearn_and_publish(paths: JobPaths, job: PreparedJob, learner: Learner, registry: PolicyRegistry,
+                         signing_key: SigningKey, ledger: ForgetLedger, method: str, config: UnlearnConfig | None,
+                         progress: ProgressFn | None, should_stop: Callable[[], bool] | None) -> JobResult:
+    request_id = job.entry.request_id
+    new_learner, report = unlearn(learner, job.dataset, job.forget_mask, method, config, progress, should_stop)
+    model_dir = save_model_dir(Path(paths.work_dir) / request_id, new_learner)
+    if progress is not None:
+        progress("publish", 1.0, {})
+    metrics_after = {**report.offline_after, **report.details, "wall_time_s": report.wall_time_s,
+                     "updates": float(report.updates), "stats_rebased": float(report.stats_rebased)}
+    parent = registry.latest()
+    manifest = _publish(new_learner, job.dataset, job.forget_mask, registry, signing_key, parent, request_id,
+                        method, metrics_after, checkpoint_record(model_dir))
+    ledger.transition(request_id, LedgerState.UNLEARNED, artifact_version=manifest.version,
+                      metrics=_finite(metrics_after))
     return JobResult(request_id=request_id, new_version=manifest.version, parent_version=parent, model_dir=model_dir,
                      report=report, metrics_before=dict(report.offline_before), metrics_after=metrics_after)
+
+
+def _record_published(registry: PolicyRegistry, ledger: ForgetLedger, request_id: str, version: str) -> JobResult:
+    manifest = registry.manifest(version)
+    metrics = _finite(dict(manifest.metrics))
+    ledger.transition(request_id, LedgerState.UNLEARNED, artifact_version=version, metrics=metrics,
+                      note="published before an interruption; recorded when the job resumed")
+    model_dir = registry.checkpoint_of(version)
+    return JobResult(request_id=request_id, new_version=version, parent_version=manifest.parent_version,
+                     model_dir=model_dir if model_dir is not None else Path(), report=None, metrics_before={},
+                     metrics_after=metrics)
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:

@@ -168,3 +168,27 @@ def test_forget_mask_matches_the_frozen_episode_ids(fleet: Fleet) -> None:
     request_id = fleet.request(episode_ids=("forget-03", "keep-05"))
     dataset, mask = job_module.forget_split(fleet.store, fleet.ledger.get(request_id).matched_episode_ids, request_id)
     assert np.array(dataset.episode_ids())[mask].tolist() == ["keep-05", "forget-03"]
+
+
+def test_a_job_killed_between_publishing_and_recording_records_its_version_on_resume(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    request_id = fleet.request()
+    real_transition = ForgetLedger.transition
+
+    def killed_before_recording(self: ForgetLedger, rid: str, state: object, **fields: object) -> object:
+        if LedgerState(state) == LedgerState.UNLEARNED:
+            raise SystemExit("kill -9")          # nothing after this point runs, as in a killed process
+        return real_transition(self, rid, state, **fields)
+
+    monkeypatch.setattr(ForgetLedger, "transition", killed_before_recording)
+    with pytest.raises(SystemExit):
+        run_forget_job(fleet.paths, request_id, "safe_rule", small_config(steps=10))
+    monkeypatch.undo()
+    assert fleet.registry.versions() == ["v0001", "v0002"]
+    assert fleet.ledger.get(request_id).state == LedgerState.UNLEARNING
+    resumed = run_forget_job(fleet.paths, request_id, "safe_rule", small_config(steps=10))
+    assert resumed.new_version == "v0002" and resumed.report is None and resumed.parent_version == "v0001"
+    assert fleet.registry.versions() == ["v0001", "v0002"]          # no second version for the same request
+    entry = fleet.ledger.get(request_id)
+    assert entry.state == LedgerState.UNLEARNED and entry.artifact_version == "v0002"
+    assert resumed.model_dir == fleet.registry.checkpoint_of("v0002")
