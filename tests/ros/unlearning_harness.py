@@ -23,9 +23,11 @@ REAL_MODULE = "saferule_ros.unlearning_server"
 
 @contextmanager
 def server_process(files: ServerFiles, log: Path, robots: list[str] | None = None, stage_s: float = 0.05,
-                   module: str = STAND_IN_MODULE, **params: object) -> Iterator[NodeProcess]:
-    """An unlearning server process (SIGINT at exit). `stage_s`: the stand-in job's stage length."""
-    env = {**os.environ, "SAFERULE_DOUBLE_STAGE_S": str(stage_s)}
+                   module: str = STAND_IN_MODULE, env: dict[str, str] | None = None,
+                   **params: object) -> Iterator[NodeProcess]:
+    """An unlearning server process (SIGINT at exit). `stage_s`: the stand-in job's stage length;
+    `env`: extra environment variables."""
+    env = {**os.environ, "SAFERULE_DOUBLE_STAGE_S": str(stage_s), **(env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", *files.server_args(robots, **params)],
                                 cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)

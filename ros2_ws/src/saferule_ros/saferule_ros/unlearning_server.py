@@ -24,7 +24,12 @@ produced, or `model_dir`. A recorded model that was moved or changed refuses the
 A job that fails or is cancelled leaves the request `failed` (its data stays quarantined) and the
 previous policy active. A job cut short by the server stopping (SIGINT/SIGTERM) or dying leaves
 the request `unlearning` and the job in the state file; at the next start it is resumed (or
-marked failed, per `on_interrupted`).
+marked failed, per `on_interrupted`). A job cut short after its version was published is not run
+again: the version is recorded (saferule_core's job), and a swap that was asked for and cut short
+is carried out at the next start.
+
+Crash tests: with the environment variable SAFERULE_CRASH_AT=<stage> the server kills itself
+(SIGKILL) when a job reaches that stage (e.g. suppress, repair, select, publish, swap).
 
     python -m saferule_ros.unlearning_server --ros-args --params-file config/unlearning_server.yaml
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 import time
 import traceback
@@ -71,6 +77,7 @@ INTERRUPTED_POLICIES = ("resume", "fail")
 MAX_DATASET_DEPTH = 3                       # how deep under data_root ledgers are looked for
 REQUEST_ID_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_REQUEST_ID_CHARS - 1}}}$")
 SWAP_SHARE = 0.9                            # progress fraction of the job proper when swaps follow
+CRASH_AT = os.environ.get("SAFERULE_CRASH_AT", "")   # crash tests only (module docstring)
 # Executor threads: a few for the action, the timer and taking requests, plus one per pending Forget
 # request (each waits in its thread; threads are started only when needed), so that a request past
 # the pending limit still finds a thread that answers it "busy".
@@ -571,6 +578,8 @@ class UnlearningServer(Node):
                 goal.done.set()
 
     def _feedback(self, goal: _Goal | None, stage: str, progress: float, metrics: dict[str, float]) -> None:
+        if stage == CRASH_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
         if goal is None:
             self.get_logger().info(f"{stage} {progress:.0%}", throttle_duration_sec=2.0)
             return
@@ -591,6 +600,14 @@ class UnlearningServer(Node):
                 raise ServerStopping
             return goal is not None and goal.handle.is_cancel_requested
 
+        finished = self._unlearned_version(job)
+        if finished is not None:   # published and recorded before the server stopped; only its swap was cut short
+            message = f"{job.request_id} was unlearned as {finished} before a restart"
+            if swap:
+                self._feedback(goal, "swap", SWAP_SHARE, {})
+                message += "; " + self._swap_all(finished)
+            self.get_logger().info(message)
+            return JobOutcome(True, message, finished, wall_time_s=time.monotonic() - began)
         self.get_logger().info(f"unlearning {job.request_id} with {job.method} (dataset {job.dataset})")
         try:
             paths = self.api.make_paths(
@@ -617,6 +634,15 @@ class UnlearningServer(Node):
         self.get_logger().info(message)
         return JobOutcome(True, message, result.new_version, result.parent_version or "", dict(result.metrics_before),
                           dict(result.metrics_after), time.monotonic() - began, model_dir=str(result.model_dir))
+
+    def _unlearned_version(self, job: QueuedJob) -> str | None:
+        """The version a queued job's request was already unlearned as (its swap was cut short), else None."""
+        try:
+            entry = self.ledger(resolve_dataset_dir(self.data_root, job.dataset)).get(job.request_id)
+        except SafeRuleError:
+            return None   # the job itself reports what is wrong
+        done = entry.state in (LedgerState.UNLEARNED, LedgerState.PURGED)
+        return entry.artifact_version if done and entry.artifact_version else None
 
     def _failed(self, job: QueuedJob, message: str, began: float, cancelled: bool = False,
                 interrupted: bool = False) -> JobOutcome:
@@ -653,6 +679,10 @@ class UnlearningServer(Node):
                 self.queue.finish(job.request_id)
                 continue
             if entry.state in (LedgerState.UNLEARNED, LedgerState.PURGED):
+                if job.swap_on_success and self.config.robots:
+                    self.get_logger().warning(f"{job.request_id} was unlearned as {entry.artifact_version}, but its "
+                                              f"swap was cut short; swapping now")
+                    continue
                 self.get_logger().info(f"{job.request_id} already {entry.state.value}; removed from the queue")
                 self.queue.finish(job.request_id)
             elif entry.state == LedgerState.FAILED:
