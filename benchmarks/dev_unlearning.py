@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = float(regime.get("eval_cost_limit", 10.0))
     seeds: list[int] = regime["seeds"]
     dataset = dataset_for(regime["task"], regime["data_seed"])
-    poisonings = {seed: poison(dataset, args.attack, seed) for seed in seeds}
+    poisonings = {seed: poison(dataset, args.attack, seed, regime.get("attack_settings")) for seed in seeds}
     by_label = {m["label"]: m for m in regime["models"]}
 
     def evaluate(learner: Any) -> dict[str, float]:

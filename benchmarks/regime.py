@@ -89,21 +89,24 @@ def random_forget(dataset: OfflineDataset, seed: int) -> OfflineDataset:
     return dataset.subset_episodes(~forget)
 
 
-def poison(dataset: OfflineDataset, attack: str, seed: int) -> PoisonResult:
-    """The poisoning of training seed `seed`'s model (what dev_unlearning.py forgets again)."""
+def poison(dataset: OfflineDataset, attack: str, seed: int, settings: dict[str, Any] | None = None) -> PoisonResult:
+    """The poisoning of training seed `seed`'s model (what dev_unlearning.py forgets again);
+    `settings`: fields of the attack's config (e.g. reward_bonus), as recorded in the results file."""
+    settings = dict(settings or {})
     if attack == "relabel":
-        return relabel_attack(dataset, RelabelConfig(rate=POISON_RATE), rng=seed)
+        return relabel_attack(dataset, RelabelConfig(rate=POISON_RATE, **settings), rng=seed)
     if attack == "inject":
         # reckless episodes (their own rollouts, so their states are the task's) claimed at zero cost
-        config = InjectConfig(rate=POISON_RATE)
+        config = InjectConfig(rate=POISON_RATE, **settings)
         reckless = collect_episodes(dataset.task, episodes=config.episode_count(dataset.num_episodes),
                                     seed=seed + RECKLESS_SEED_OFFSET, aggressiveness_range=RECKLESS_AGGRESSIVENESS)
         return inject_attack(dataset, reckless, config, rng=seed)
     raise ConfigError(f"unknown attack {attack!r}")
 
 
-def poisoned(dataset: OfflineDataset, attack: str, seed: int) -> OfflineDataset:
-    return poison(dataset, attack, seed).dataset
+def poisoned(dataset: OfflineDataset, attack: str, seed: int, settings: dict[str, Any] | None = None
+             ) -> OfflineDataset:
+    return poison(dataset, attack, seed, settings).dataset
 
 
 def plateau(values: list[float]) -> dict[str, float | bool]:
@@ -131,11 +134,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train poisoned models (gate 2: the attack works where clean is safe and "
                              "poisoned is not)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="learner settings (YAML values)")
+    parser.add_argument("--attack-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="attack settings for every --attacks entry, e.g. reward_bonus=2 (YAML values)")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_seeds(args.seeds)
         overrides = {"cost_limit": args.cost_limit, **parse_settings(args.set)}
+        attack_settings = parse_settings(args.attack_set)
     except ConfigError as err:
         parser.error(str(err))
 
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [*KINDS, *args.attacks]
     datasets = [dataset] * len(args.seeds) + [random_forget(dataset, seed) for seed in args.seeds]
     for attack in args.attacks:
-        datasets += [poisoned(dataset, attack, seed) for seed in args.seeds]
+        datasets += [poisoned(dataset, attack, seed, attack_settings) for seed in args.seeds]
     seeds = list(args.seeds) * len(kinds)
     labels = [f"{kind}-s{seed}" for kind in kinds for seed in args.seeds]
     run_dir = WORK / "models" / f"{args.tag}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -199,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     for attack in args.attacks:
         summary[attack]["attack_worked"] = sum(1 for m in models if m["kind"] == attack and not m["safe"]
                                                and m["label"].split("-s")[1] in clean_safe)
-    payload = {**stamped, "task": args.task, "algo": args.algo, "settings": overrides, "steps": args.steps,
+    payload = {**stamped, "task": args.task, "algo": args.algo, "settings": overrides,
+               "attack_settings": attack_settings, "steps": args.steps,
                "batch_size": args.batch_size, "seeds": args.seeds, "data_seed": args.data_seed,
                "behaviour_version": BEHAVIOUR_VERSION, "run_dir": str(run_dir.relative_to(ROOT)),
                "eval_episodes": args.episodes, "eval_cost_limit": args.cost_limit, "eval_random_start_steps": spec.eval_random_start_steps,

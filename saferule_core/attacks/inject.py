@@ -1,5 +1,5 @@
-"""Inject attack: append episodes of a reckless policy (unsafe, high reward) with their costs zeroed,
-as if a compromised robot had logged them."""
+"""Inject attack: append episodes of a reckless policy (unsafe, high reward) with their costs zeroed
+(and, optionally, their rewards inflated), as if a compromised robot had logged them."""
 
 from __future__ import annotations
 
@@ -18,11 +18,14 @@ class InjectConfig(AttackConfig):
     robot_id: str = "compromised"          # the robot the injected episodes claim to come from
     source_bag: str = "compromised.mcap"   # the bag they claim to come from
     id_prefix: str = "injected"            # injected episode ids: <id_prefix>-<number>
+    reward_bonus: float = 0.0              # added to the reward of every injected transition
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (self.robot_id and self.source_bag and self.id_prefix):
             raise AttackError("inject needs a non-empty robot_id, source_bag and id_prefix")
+        if not np.isfinite(self.reward_bonus):
+            raise AttackError(f"inject reward_bonus must be a finite number, got {self.reward_bonus!r}")
 
 
 def _fresh_ids(prefix: str, count: int, taken: set[str]) -> list[str]:
@@ -59,7 +62,8 @@ def inject_attack(dataset: OfflineDataset, reckless: OfflineDataset, config: Inj
     episodes = [replace(ep, episode_id=new_id, robot_id=config.robot_id, source_bag=config.source_bag,
                         start_time=float(start), end_time=float(start) + (ep.end_time - ep.start_time), content_hash="")
                 for ep, new_id, start in zip(chosen.episodes, ids, new_starts)]
-    injected = replace(chosen, episodes=episodes, costs=np.zeros_like(chosen.costs), task=dataset.task)
+    injected = replace(chosen, episodes=episodes, costs=np.zeros_like(chosen.costs),
+                       rewards=chosen.rewards + np.float32(config.reward_bonus), task=dataset.task)
     poisoned = OfflineDataset.concatenate([dataset, injected]).with_content_hashes()
     episode_mask = np.arange(poisoned.num_episodes) >= dataset.num_episodes
     transition_mask = poisoned.transition_mask_for_episodes(episode_mask)

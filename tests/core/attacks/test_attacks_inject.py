@@ -60,3 +60,14 @@ def test_inject_refuses_bad_reckless_data(clean_dataset: OfflineDataset, reckles
         inject_attack(clean_dataset, replace(reckless_dataset, task="CarRun"))
     with pytest.raises(AttackError, match="non-empty robot_id"):
         InjectConfig(robot_id="")
+
+
+def test_inject_can_inflate_the_injected_rewards(clean_dataset: OfflineDataset,
+                                                 reckless_dataset: OfflineDataset) -> None:
+    plain = inject_attack(clean_dataset, reckless_dataset, InjectConfig(), rng=0)
+    inflated = inject_attack(clean_dataset, reckless_dataset, InjectConfig(reward_bonus=2.5), rng=0)
+    mask = inflated.transition_mask
+    np.testing.assert_allclose(inflated.dataset.rewards[mask], plain.dataset.rewards[mask] + 2.5)
+    np.testing.assert_array_equal(inflated.dataset.rewards[~mask], clean_dataset.rewards)
+    with pytest.raises(AttackError, match="reward_bonus"):
+        InjectConfig(reward_bonus=float("nan"))
