@@ -5,17 +5,11 @@
 # reach joint success with the critic hinges off. Each line writes
 # benchmarks/results/dev_unlearning/<tag>.{json,md}.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-REGIME=dev-b3-cpess-phi45-tau05-h64-budget08-ln-train8-relabel
-run() {
-  local tag=$1; shift
-  .venv/bin/python benchmarks/dev_unlearning.py --regime "$REGIME" --tag "$tag" --methods safe_rule \
-    --steps 500 --unlearn-seeds 0 1 --unlearn-set "$@"
-}
+source "$(dirname "$0")/dev_split.sh"
 OFF="safe_rule.reward_weight=0 safe_rule.cost_weight=0"
-run r1-critic-off $OFF
-run r1-critic-off-nobehaviour $OFF safe_rule.behaviour_weight=0
-run r1-critic-off-penalty3 $OFF safe_rule.state_cost_penalty=3
-run r1-critic-off-margin01 $OFF safe_rule.actor_margin=0.1
-run r1-critic-off-repair01 $OFF safe_rule.repair_fraction=0.1
-run r1-defaults safe_rule.reward_weight=10
+run r1-critic-off 500 $OFF
+run r1-critic-off-nobehaviour 500 $OFF safe_rule.behaviour_weight=0
+run r1-critic-off-penalty3 500 $OFF safe_rule.state_cost_penalty=3
+run r1-critic-off-margin01 500 $OFF safe_rule.actor_margin=0.1
+run r1-critic-off-repair01 500 $OFF safe_rule.repair_fraction=0.1
+run r1-defaults 500 safe_rule.reward_weight=10

@@ -4,13 +4,7 @@
 # near misses (0.24 against a 0.26 bar) and stopped policies (s104, s103 on one unlearning seed).
 # Base here: critic hinges off + state_cost_penalty 3.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-REGIME=dev-b3-cpess-phi45-tau05-h64-budget08-ln-train8-relabel
-run() {
-  local tag=$1 steps=$2; shift 2
-  .venv/bin/python benchmarks/dev_unlearning.py --regime "$REGIME" --tag "$tag" --methods safe_rule \
-    --steps "$steps" --unlearn-seeds 0 1 --unlearn-set "$@"
-}
+source "$(dirname "$0")/dev_split.sh"
 BASE="safe_rule.reward_weight=0 safe_rule.cost_weight=0 safe_rule.state_cost_penalty=3"
 run r2-base-margin01 500 $BASE safe_rule.actor_margin=0.1
 run r2-base-repair06 500 $BASE safe_rule.repair_fraction=0.6
