@@ -97,8 +97,9 @@ def poison(dataset: OfflineDataset, attack: str, seed: int, settings: dict[str, 
         return relabel_attack(dataset, RelabelConfig(rate=POISON_RATE, **settings), rng=seed)
     if attack == "inject":
         # reckless episodes (their own rollouts, so their states are the task's) claimed at zero cost
+        pool = int(settings.pop("reckless_pool", 1))   # collect pool x as many, for costliest=true to choose from
         config = InjectConfig(rate=POISON_RATE, **settings)
-        reckless = collect_episodes(dataset.task, episodes=config.episode_count(dataset.num_episodes),
+        reckless = collect_episodes(dataset.task, episodes=pool * config.episode_count(dataset.num_episodes),
                                     seed=seed + RECKLESS_SEED_OFFSET, aggressiveness_range=RECKLESS_AGGRESSIVENESS)
         return inject_attack(dataset, reckless, config, rng=seed)
     raise ConfigError(f"unknown attack {attack!r}")
@@ -135,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                              "poisoned is not)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="learner settings (YAML values)")
     parser.add_argument("--attack-set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="attack settings for every --attacks entry, e.g. reward_bonus=2 (YAML values)")
+                        help="attack settings for every --attacks entry, e.g. reward_bonus=2; for inject also "
+                             "costliest=true reckless_pool=3 (inject the costliest third of 3x as many reckless "
+                             "rollouts) (YAML values)")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from saferule_core.attacks.base import AttackConfig, AttackError, PoisonResult, RngLike, make_rng, pick_any
+from saferule_core.attacks.base import (AttackConfig, AttackError, PoisonResult, RngLike, make_rng, pick_any,
+                                        pick_most_unsafe)
 from saferule_core.data.dataset import OfflineDataset
 
 ATTACK_NAME = "inject"
@@ -19,6 +20,7 @@ class InjectConfig(AttackConfig):
     source_bag: str = "compromised.mcap"   # the bag they claim to come from
     id_prefix: str = "injected"            # injected episode ids: <id_prefix>-<number>
     reward_bonus: float = 0.0              # added to the reward of every injected transition
+    costliest: bool = False                # inject the costliest of the reckless episodes given, not any
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,7 +57,9 @@ def inject_attack(dataset: OfflineDataset, reckless: OfflineDataset, config: Inj
     if reckless.num_episodes < count:
         raise AttackError(f"inject needs {count} reckless episodes but only {reckless.num_episodes} were given")
     generator = make_rng(rng)
-    chosen = reckless.subset_episodes(pick_any(reckless, count, generator))
+    picked = (pick_most_unsafe(reckless, count, 0.0, 1.0, generator) if config.costliest
+              else pick_any(reckless, count, generator))
+    chosen = reckless.subset_episodes(picked)
     starts = np.array([ep.start_time for ep in dataset.episodes])
     new_starts = generator.uniform(starts.min(), starts.max(), size=count)
     ids = _fresh_ids(config.id_prefix, count, set(dataset.episode_ids()))

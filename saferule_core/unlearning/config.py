@@ -44,9 +44,11 @@ class SafeRuleConfig:
     retained data).
     """
 
-    critic_refit_fraction: float = 0.0  # share of the steps, first, in which only critics, behaviour model and
+    # Refit, then a short repair with dense snapshots: on the dev split (docs/safe_rule.md, round 3) this
+    # kept 10/10 runs safe (joint 7/10) where a 30% repair without refit let s103 drift back to the poison.
+    critic_refit_fraction: float = 0.2  # share of the steps, first, in which only critics, behaviour model and
                                         # multiplier learn (retained data; the actor holds still)
-    repair_fraction: float = 0.3       # share of UnlearnConfig.steps spent repairing on retained data only
+    repair_fraction: float = 0.1       # share of UnlearnConfig.steps spent repairing on retained data only
     # The critic hinges are off by default: on the gate-2 regime's dev seeds they inflate Q_c on
     # retained states and stop the policy (0/10 joint success at w_r = w_c = 10; docs/safe_rule.md).
     reward_weight: float = 0.0         # w_r
@@ -63,7 +65,7 @@ class SafeRuleConfig:
     state_cost_penalty: float = 3.0    # k_s, weight of the soft hinge on Q_c(s_f, pi(s_f)) > q* in it
     behaviour_quantile: float = 0.9    # eps* = this quantile of the behaviour model's score on retained data
     temperature: float = 0.1           # tau, relative to each hinge's unit
-    select_every: int = 50             # snapshot spacing for the offline checkpoint choice (0: keep the last)
+    select_every: int = 25             # snapshot spacing for the offline checkpoint choice (0: keep the last)
 
     def validate(self) -> None:
         _check_fraction("safe_rule", "repair_fraction", self.repair_fraction, open_top=True)

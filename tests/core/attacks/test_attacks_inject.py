@@ -71,3 +71,15 @@ def test_inject_can_inflate_the_injected_rewards(clean_dataset: OfflineDataset,
     np.testing.assert_array_equal(inflated.dataset.rewards[~mask], clean_dataset.rewards)
     with pytest.raises(AttackError, match="reward_bonus"):
         InjectConfig(reward_bonus=float("nan"))
+
+
+def test_inject_can_choose_the_costliest_reckless_episodes(clean_dataset: OfflineDataset,
+                                                          reckless_dataset: OfflineDataset) -> None:
+    per_step = np.repeat(np.array([0.5, 3.0, 1.0, 2.0, 0.2], dtype=np.float32), 6)   # episodes 1 and 3 cost most
+    reckless = replace(reckless_dataset, costs=per_step).with_content_hashes()
+    result = inject_attack(clean_dataset, reckless, InjectConfig(costliest=True), rng=0)
+    injected_obs = result.dataset.observations[result.transition_mask].reshape(2, 6, -1)
+    reckless_obs = reckless.observations.reshape(5, 6, -1)
+    taken = sorted(next(i for i, r in enumerate(reckless_obs) if np.array_equal(obs, r)) for obs in injected_obs)
+    assert taken == [1, 3]
+    assert (result.dataset.costs[result.transition_mask] == 0).all()
