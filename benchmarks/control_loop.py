@@ -80,6 +80,7 @@ from saferule_ros.action_gaps import MISS_PERIODS, ActionStamps, watching_action
 from saferule_ros.bringup import NodeSpec, share_dir  # noqa: E402
 from saferule_ros.conversions import array_of, float32_array, label_of  # noqa: E402
 from saferule_ros.fleet_client import FleetClient, event_waiter  # noqa: E402
+from saferule_ros.control_path import RT_PRIORITY  # noqa: E402
 from saferule_ros.graph_churn import ChurnSettings, graph_churn  # noqa: E402
 from saferule_ros.processes import FleetProcesses  # noqa: E402
 from saferule_ros.topics import STREAM_QOS  # noqa: E402
@@ -101,6 +102,8 @@ class Settings:
     swaps: int = 10
     churn_s: float = 20.0                                      # graph churn after the control run
     control_only: bool = False                                 # --quick: no recorder bursts, no import
+    rt_priority: int = 0                                       # >0: also run control + churn with the robot's
+                                                               # nodes under SCHED_FIFO at this priority
     burst_rates: tuple[float, ...] = (5000.0, 10000.0, 0.0)   # 0: as fast as the publisher can
     burst_max_messages: int = 60_000
     import_repeats: int = 3
@@ -308,7 +311,10 @@ def percentiles_us(values: list[float]) -> dict[str, float]:
 
 # ----- 1. control loop with hot swaps ------------------------------------------------------------
 
-def run_control(settings: Settings, work: Path) -> dict[str, Any]:
+def run_control(settings: Settings, work: Path, rt_priority: int = 0) -> dict[str, Any]:
+    """The control run (and churn) on a fresh robot; `rt_priority` > 0: its sim_robot and
+    policy_runner under SCHED_FIFO (saferule_ros.control_path)."""
+    work.mkdir(parents=True, exist_ok=True)
     registry = PolicyRegistry(work / "registry")
     generate_keypair(work / "keys")
     key = load_signing_key(work / "keys")
@@ -333,7 +339,8 @@ def run_control(settings: Settings, work: Path) -> dict[str, Any]:
     ]
     swaps: list[SwapRecord] = []
     phases: dict[str, tuple[int, int, PolicyStatus, PolicyStatus]] = {}   # name -> wall ns span, status at ends
-    with FleetProcesses(specs, echo=None, log_dir=work / "logs") as processes, \
+    env = {**os.environ, RT_PRIORITY: str(rt_priority)} if rt_priority else None
+    with FleetProcesses(specs, echo=None, log_dir=work / "logs", env=env) as processes, \
             observer_node("bench_observer") as (node, _executor), \
             watching_actions(f"/{ROBOT}/action", work / "action_stamps.json") as watch:
         observer = Observer(node)
@@ -561,12 +568,12 @@ def run_import(settings: Settings, bags: list[str]) -> dict[str, Any]:
 
 # ----- report ------------------------------------------------------------------------------------
 
-def outside_rows(c: dict[str, Any]) -> list[tuple[str, str, str]]:
+def outside_rows(c: dict[str, Any], label: str = "") -> list[tuple[str, str, str]]:
     """Per phase: the longest gap between actions and the misses seen from outside, vs the runner's own."""
     rows = []
     for phase, view in c.get("outside", {}).items():
         sent, arrived = view["sent"], view["arrived"]
-        what = "control run with swaps" if phase == "control" else "graph churn"
+        what = ("control run with swaps" if phase == "control" else "graph churn") + label
         rows += [
             (f"{what} ({view['seconds']:.0f} s): longest gap between actions, by send / by arrival (watcher)",
              f"{sent['longest_gap_ms']:.0f} / {arrived['longest_gap_ms']:.0f} ms "
@@ -609,6 +616,11 @@ def markdown(result: dict[str, Any]) -> str:
         ("sim safe-stop steps (no fresh command)", f"{c['sim_safe_stop_steps']}", "0"),
         *outside_rows(c),
     ]
+    if "control_rt" in result:
+        rt = result["control_rt"]
+        rows += outside_rows(rt, f" [robot under SCHED_FIFO {result['settings']['rt_priority']}]")
+        rows.append((f"[SCHED_FIFO {result['settings']['rt_priority']}] sim safe-stop steps; inference p99",
+                     f"{rt['sim_safe_stop_steps']}; {rt['inference_latency_us']['p99']:.0f} us", ""))
     for run in result.get("recorder", []):
         for burst in run["bursts"]:
             target = f"{burst['target_rate']:,.0f}/s" if burst["target_rate"] else "unpaced"
@@ -648,17 +660,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a short check: 10 s control with 2 swaps, 10 s churn, no recorder or import runs; "
                              "writes control_loop_quick.*")
+    parser.add_argument("--rt-priority", type=int, default=0, metavar="N",
+                        help="also run the control run and the churn again, with the robot's sim_robot and "
+                             "policy_runner under SCHED_FIFO priority N (1-99), side by side in the results")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    settings = Settings(duration_s=args.duration, rate_hz=args.rate, swaps=args.swaps, churn_s=args.churn)
+    if not 0 <= args.rt_priority <= 99:
+        parser.error("--rt-priority takes 1-99 (0: off)")
+    settings = Settings(duration_s=args.duration, rate_hz=args.rate, swaps=args.swaps, churn_s=args.churn,
+                        rt_priority=args.rt_priority)
     if args.quick:
-        settings = Settings(duration_s=10.0, rate_hz=args.rate, swaps=2, churn_s=10.0, control_only=True)
+        settings = Settings(duration_s=10.0, rate_hz=args.rate, swaps=2, churn_s=10.0, control_only=True,
+                            rt_priority=args.rt_priority)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="saferule-control-bench-") as tmp:
         work = Path(tmp)
         control = run_control(settings, work)
         bags = control.pop("bags")
         measured: dict[str, Any] = {"control": control}
+        if settings.rt_priority:
+            control_rt = run_control(settings, work / "rt", rt_priority=settings.rt_priority)
+            control_rt.pop("bags")
+            measured["control_rt"] = control_rt
         if not settings.control_only:
             measured["recorder"] = [run_recorder(settings, work), run_recorder(settings, work, qos_history="keep_last")]
             measured["import"] = run_import(settings, bags)

@@ -124,3 +124,27 @@ def test_gap_summary_counts_what_an_outside_watcher_misses() -> None:
     stamps = ActionStamps(sent, sent + 1000, np.array([1, 2, 3, 4, 6, 7, 8]))
     assert stamps.unseen() == 1
     assert list(stamps.window(3 * period_ns, 9 * period_ns).seq) == [4, 6]
+
+
+def test_realtime_priority_is_asked_for_only_with_a_valid_priority(capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    from saferule_ros.control_path import RT_PRIORITY, use_realtime_priority
+
+    assert use_realtime_priority({}) == 0 and use_realtime_priority({RT_PRIORITY: "0"}) == 0
+    for bad in ("high", "150", "-3"):
+        assert use_realtime_priority({RT_PRIORITY: bad}) == 0
+        assert "expected an integer from 1 to 99" in capsys.readouterr().err
+    # in a child process (this one stays at normal priority): SCHED_FIFO where the system allows it,
+    # else one line on stderr and normal scheduling, never an exception
+    probe = ("import os; from saferule_ros.control_path import use_realtime_priority as u; "
+             "p = u({'SAFERULE_CONTROL_RT_PRIORITY': '7'}); "
+             "print(p, os.sched_getscheduler(0) == os.SCHED_FIFO, os.sched_getparam(0).sched_priority)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    granted, fifo, priority = out.stdout.split()
+    if granted == "7":
+        assert fifo == "True" and priority == "7"
+    else:
+        assert granted == "0" and fifo == "False" and "SCHED_FIFO refused" in out.stderr

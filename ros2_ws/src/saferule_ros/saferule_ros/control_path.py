@@ -15,6 +15,12 @@ only, unicast discovery of 127.0.0.1 peers, no multicast: what LOCALHOST means, 
 memory). Other discovery ranges, another RMW, a profile file or static peers already set, or
 SAFERULE_CONTROL_SHM=1: the environment is left as it is.
 
+Priority. With SAFERULE_CONTROL_RT_PRIORITY=<1-99> in its environment a control-path process runs
+under SCHED_FIFO at that priority, set before rclpy starts its threads (which inherit it): other
+processes starting on a busy machine (a graph change) then wait for the control loop instead of
+the other way round. It needs CAP_SYS_NICE or an rtprio limit (ulimit -r); without them the
+process says so on stderr once and runs at normal priority.
+
 GC. The first full (generation 2) collection of a node's start-up objects took 77-187 ms in the
 first seconds of the loop; `gc.freeze()` after the node is built moves them out of the collector's
 sight, so later collections scan only what the loop itself allocates.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from functools import wraps
 from pathlib import Path
@@ -32,6 +39,7 @@ from typing import TypeVar
 PROFILE_FILE = "fastdds_udp_loopback.xml"
 OPT_OUT = "SAFERULE_CONTROL_SHM"   # "1": keep rmw_fastrtps's own transports (shared memory included)
 FAST_DDS = "rmw_fastrtps_cpp"
+RT_PRIORITY = "SAFERULE_CONTROL_RT_PRIORITY"   # 1-99: SCHED_FIFO at this priority; unset or 0: normal
 
 N = TypeVar("N")
 
@@ -64,6 +72,28 @@ def use_udp_loopback(environ: MutableMapping[str, str] = os.environ) -> dict[str
     changes = {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT"}
     environ.update(changes)
     return changes
+
+
+def use_realtime_priority(environ: Mapping[str, str] = os.environ) -> int:
+    """Before rclpy.init: SCHED_FIFO at the priority RT_PRIORITY names; returns the priority in
+    force (0: normal scheduling, also when the value is bad or the system refuses)."""
+    text = environ.get(RT_PRIORITY, "").strip()
+    if not text or text == "0":
+        return 0
+    try:
+        priority = int(text)
+        if not 1 <= priority <= 99:
+            raise ValueError
+    except ValueError:
+        print(f"{RT_PRIORITY}={text!r}: expected an integer from 1 to 99; running at normal priority", file=sys.stderr)
+        return 0
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError) as err:
+        print(f"{RT_PRIORITY}={priority}: SCHED_FIFO refused ({err.strerror or err}); needs CAP_SYS_NICE or an "
+              f"rtprio limit; running at normal priority", file=sys.stderr)
+        return 0
+    return priority
 
 
 def frozen_after_build(make_node: Callable[[], N]) -> Callable[[], N]:

@@ -37,7 +37,7 @@ from saferule_core.artifacts.signing import load_verify_key
 from saferule_core.errors import ArtifactError
 from saferule_interfaces.msg import PolicyStatus
 from saferule_interfaces.srv import SwapPolicy
-from saferule_ros.control_path import frozen_after_build, use_udp_loopback
+from saferule_ros.control_path import frozen_after_build, use_realtime_priority, use_udp_loopback
 from saferule_ros.conversions import JOINT_STATE, ODOMETRY, ActionEncoder, ObservationAssembler, array_of, label_of
 from saferule_ros.params import ConfigError, declare_config
 from saferule_ros.policy_swap import LATEST, LatencyWindow, LoadedPolicy, ObservationWindow, PolicyLoader, PolicySlot
@@ -335,6 +335,7 @@ def main(args: Sequence[str] | None = None) -> int:
     # their own worker thread (see _on_swap_request). DDS over UDP, not shared memory, and GC
     # frozen after start-up: see saferule_ros.control_path.
     use_udp_loopback()
+    use_realtime_priority()
     return run_node(frozen_after_build(PolicyRunner), args, threads=1)
 
 

@@ -20,7 +20,7 @@ from rclpy.node import Node
 from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
 from saferule_core.tasks.envs import make_env
-from saferule_ros.control_path import frozen_after_build, use_udp_loopback
+from saferule_ros.control_path import frozen_after_build, use_realtime_priority, use_udp_loopback
 from saferule_ros.conversions import array_of, float32_array, step_record
 from saferule_ros.params import ConfigError, declare_config
 from saferule_ros.spin import run_node
@@ -141,6 +141,7 @@ def main(args: Sequence[str] | None = None) -> int:
     # commands arrived (measured: 10 steps/s instead of 100). DDS over UDP, not shared memory,
     # and GC frozen after start-up: see saferule_ros.control_path.
     use_udp_loopback()
+    use_realtime_priority()
     return run_node(frozen_after_build(SimRobot), args, threads=1)
 
 
