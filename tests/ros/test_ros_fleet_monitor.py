@@ -19,7 +19,7 @@ from std_msgs.msg import Float64MultiArray, String
 from saferule_core.data.ledger import LedgerState
 from saferule_interfaces.msg import PolicyStatus
 from saferule_ros.conversions import step_record
-from saferule_ros.fleet_monitor import (
+from saferule_ros.episode_costs import (
     MIXED_POLICY,
     NO_POLICY,
     SKIP_NO_POLICY,
@@ -46,10 +46,11 @@ def record(cost: float, end: bool = False) -> np.ndarray:
 
 def test_episode_costs_flags_and_streaks() -> None:
     monitor = EpisodeCostMonitor(["r1"], threshold=2.0, judge_only_policy_episodes=False)
-    assert monitor.observe("r1", "r1-000000@0", record(1.0)) == []
-    (verdict,) = monitor.observe("r1", "r1-000000@1", record(1.5, end=True))
+    assert monitor.observe("r1", "r1-000000@0", record(1.0), now=10.0) == []
+    (verdict,) = monitor.observe("r1", "r1-000000@1", record(1.5, end=True), now=10.5)
     assert (verdict.episode_id, verdict.cost, verdict.steps, verdict.flagged, verdict.streak) == \
         ("r1-000000", 2.5, 2, True, 1)
+    assert (verdict.reward, verdict.started_at, verdict.ended_at) == (2.0, 10.0, 10.5)
     (verdict,) = monitor.observe("r1", "r1-000001@0", record(3.0, end=True))
     assert verdict.flagged and verdict.streak == 2 and verdict.complete
     # The end of an episode was lost: it is judged when the next one's records arrive.

@@ -1,7 +1,8 @@
 """What a fleet does, seen from outside: per-robot episode outcomes, policy versions, unlearning progress.
 
-`FleetWatch` subscribes to every robot's `step_record` (episode return and cost, summed as the
-steps arrive) and `policy_status` (the version each runner runs), and to the Unlearn action's
+`FleetWatch` subscribes to every robot's `step_record` and `policy_status` and accounts for each
+episode exactly as the fleet monitor does (`saferule_ros.episode_costs`: return and cost summed as
+the steps arrive, the version that drove it from start to end), and to the Unlearn action's
 feedback topic (stage and progress of the job, whoever sent the goal). `watching(...)` runs it in
 its own rclpy context on a background thread, so a script (the demo, an end-to-end test) can
 read snapshots while it does other work. Nothing here commands the fleet.
@@ -9,6 +10,7 @@ read snapshots while it does other work. Nothing here commands the fleet.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,39 +26,35 @@ from std_msgs.msg import Float64MultiArray
 from saferule_interfaces.action import Unlearn
 from saferule_interfaces.msg import PolicyStatus
 from saferule_ros.conversions import array_of, label_of
-from saferule_ros.topics import (
-    POLICY_STATUS_TOPIC,
-    STEP_COST,
-    STEP_RECORD_TOPIC,
-    STEP_REWARD,
-    STEP_TERMINATED,
-    STEP_TRUNCATED,
-    parse_step_key,
-    recorder_qos,
-)
+from saferule_ros.episode_costs import MIXED_POLICY, NO_POLICY, EpisodeCostMonitor, EpisodeVerdict
+from saferule_ros.topics import POLICY_STATUS_TOPIC, STEP_RECORD_TOPIC, recorder_qos
 
 UNLEARN_FEEDBACK_TOPIC = "/unlearn/_action/feedback"
 # Feedback metrics worth a glance while a job runs (when the method reports them).
 SHOWN_METRICS = ("q_cost", "forget_action_sq_distance", "cost_value", "reward_value", "updates", "wall_time_s")
-NO_POLICY = ""
+NO_POLICY_DROVE = ""        # EpisodeOutcome.policy when no single version drove the episode
+# A runner silent this long no longer counts as driving its robot (statuses come every second; the
+# demo's training shares the cores, so this is more lenient than the monitor's default of 3 s).
+STATUS_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
 class EpisodeOutcome:
     robot: str
     episode_id: str
-    started_at: float          # wall clock (time.time()) of its first step record seen
+    started_at: float          # wall clock (time.time()) of its first and last step record seen
     ended_at: float
     steps: int
     reward: float
     cost: float
-    policy_at_start: str       # version the robot's runner reported when the episode began ("" = none)
-    policy_at_end: str
+    policy: str                # the version that drove the whole episode ("" = none, or it changed midway)
+    versions: tuple[str, ...]  # every version the robot's runner reported during it
 
-    @property
-    def policy(self) -> str:
-        """The version that drove the whole episode, or "" when none did or it changed midway."""
-        return self.policy_at_start if self.policy_at_start == self.policy_at_end else NO_POLICY
+    @staticmethod
+    def of(verdict: EpisodeVerdict) -> EpisodeOutcome:
+        whole = verdict.policy if verdict.policy not in (MIXED_POLICY, NO_POLICY) else NO_POLICY_DROVE
+        return EpisodeOutcome(verdict.robot, verdict.episode_id, verdict.started_at, verdict.ended_at, verdict.steps,
+                              verdict.reward, verdict.cost, whole, verdict.policies)
 
 
 @dataclass(frozen=True)
@@ -75,15 +73,6 @@ class UnlearnProgress:
     metrics: dict[str, float]
 
 
-@dataclass
-class _Running:
-    started_at: float
-    policy: str
-    steps: int = 0
-    reward: float = 0.0
-    cost: float = 0.0
-
-
 EventFn = Callable[[str], None]
 
 
@@ -96,7 +85,8 @@ class FleetWatch(Node):
         self.announce_progress = announce_progress
         self.print_episodes = False            # announce every finished episode through on_event
         self._lock = threading.Lock()
-        self._running: dict[str, _Running] = {}
+        self.costs = EpisodeCostMonitor(self.robots, math.inf, judge_only_policy_episodes=False,
+                                        policy_status_timeout_s=STATUS_TIMEOUT_S)
         self.episodes: list[EpisodeOutcome] = []
         self.versions: dict[str, str] = {}     # robot -> the version its latest PolicyStatus names
         self.statuses: dict[str, PolicyStatus] = {}
@@ -115,39 +105,24 @@ class FleetWatch(Node):
 
     # ----- callbacks (executor thread) ---------------------------------------------------------
     def _on_step(self, robot: str, msg: Float64MultiArray) -> None:
-        try:
-            episode_id, _ = parse_step_key(label_of(msg))
-        except ValueError:
-            return
-        values = array_of(msg)
-        if values.shape != (4,) or not np.isfinite(values).all():
-            return
-        now = time.time()
         with self._lock:
-            running = self._running.get(episode_id)
-            if running is None:
-                running = self._running[episode_id] = _Running(now, self.versions.get(robot, NO_POLICY))
-            running.steps += 1
-            running.reward += float(values[STEP_REWARD])
-            running.cost += float(values[STEP_COST])
-            if not (values[STEP_TERMINATED] or values[STEP_TRUNCATED]):
-                return
-            del self._running[episode_id]
-            outcome = EpisodeOutcome(robot, episode_id, running.started_at, now, running.steps, running.reward,
-                                     running.cost, running.policy, self.versions.get(robot, NO_POLICY))
-            self.episodes.append(outcome)
+            verdicts = self.costs.observe(robot, label_of(msg), array_of(msg), now=time.time())
+            outcomes = [EpisodeOutcome.of(v) for v in verdicts if v.complete]   # ended by their own flag
+            self.episodes.extend(outcomes)
         if self.print_episodes:
-            self._say(f"{robot} episode {episode_id}: return {outcome.reward:7.1f}, cost {outcome.cost:5.1f} "
-                      f"({outcome.policy or 'no policy: scripted driver'})")
+            for outcome in outcomes:
+                self._say(f"{robot} episode {outcome.episode_id}: return {outcome.reward:7.1f}, cost "
+                          f"{outcome.cost:5.1f} ({outcome.policy or 'no single policy: scripted driver or a swap'})")
 
     def _on_status(self, robot: str, msg: PolicyStatus) -> None:
         with self._lock:
+            self.costs.observe_status(robot, msg.active_version, now=time.time())
             old = self.versions.get(robot)
             self.versions[robot] = msg.active_version
             self.statuses[robot] = msg
             changed = old is not None and old != msg.active_version
             if changed:
-                self.changes.append(VersionChange(robot, time.time(), old or NO_POLICY, msg.active_version))
+                self.changes.append(VersionChange(robot, time.time(), old or NO_POLICY_DROVE, msg.active_version))
         if changed:
             self._say(f"{robot} now runs {msg.active_version or 'no policy'} (was {old or 'no policy'}; "
                       f"{msg.swaps} swaps, {msg.rollbacks} rollbacks)")
