@@ -36,6 +36,7 @@ Crash tests: with the environment variable SAFERULE_CRASH_AT=<stage> the server 
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -46,7 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
@@ -55,6 +56,7 @@ from rclpy.node import Node
 
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.data.ledger import LEDGER_FILE, ForgetLedger, LedgerEntry, LedgerState, request_forget
+from saferule_core.data.request_index import RequestIndex
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import SafeRuleError
@@ -115,21 +117,29 @@ class ServerStopping(BaseException):
     stays queued, to be resumed at the next start."""
 
 
+if TYPE_CHECKING:   # saferule_core.unlearning imports torch: only at run time, in real_job_api
+    from saferule_core.unlearning.config import UnlearnConfig
+    from saferule_core.unlearning.job import JobPaths, JobResult
+    from saferule_core.unlearning.session import ProgressFn
+
+    RunJob = Callable[[JobPaths, str, str, "UnlearnConfig | None", "ProgressFn | None",
+                       "Callable[[], bool] | None", bool], JobResult]
+    MakePaths = Callable[..., JobPaths]   # keyword arguments: dataset_dir, model_dir, registry_dir, signing_key, work_dir
+
+
 @dataclass(frozen=True)
 class JobApi:
-    """The saferule_core job functions the server calls (injected in tests).
+    """The saferule_core job functions the server calls (saferule_core.unlearning.job; a test double
+    injects its own): `run` is `run_forget_job(paths, request_id, method, config, progress,
+    should_stop, purge)`, `make_paths` builds its `JobPaths`."""
 
-    run(paths, request_id, method, config, progress, should_stop, purge) -> result with
-    new_version, parent_version, model_dir, report, metrics_before, metrics_after.
-    """
-
-    run: Callable[..., Any]
-    make_paths: Callable[..., Any]           # JobPaths(dataset_dir=, model_dir=, registry_dir=, signing_key=, work_dir=)
+    run: RunJob
+    make_paths: MakePaths
     methods: tuple[str, ...]
-    make_config: Callable[[dict[str, Any]], Any]
+    make_config: Callable[[dict[str, Any]], UnlearnConfig]
     check_startable: Callable[[LedgerEntry], None]   # UnlearningError when the request cannot be unlearned
-    # (store, selector, model_dir, reason): SafeRuleError unless a new request could be unlearned
-    check_new_request: Callable[[DatasetStore, ForgetSelector, Path, str], Any]
+    # (store, selector, model_dir, reason) -> matched ids; SafeRuleError unless a new request could be unlearned
+    check_new_request: Callable[[DatasetStore, ForgetSelector, Path, str], list[str]]
 
 
 def real_job_api() -> JobApi:
@@ -224,6 +234,7 @@ class UnlearningServer(Node):
         cfg = self.config = declare_config(self, UnlearningServerConfig)
         self._check_config()
         self.data_root = Path(cfg.data_root).expanduser().resolve()
+        self.requests = RequestIndex(self.data_root)   # request id -> dataset, a lookup shortcut
         self.work_dir = Path(cfg.work_dir).expanduser()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.unlearn_config = self._load_unlearn_config()
@@ -343,7 +354,11 @@ class UnlearningServer(Node):
         check_chars("request_id", request_id, MAX_REQUEST_ID_CHARS, RequestRefused)
         if not REQUEST_ID_PATTERN.match(request_id):
             raise RequestRefused(f"malformed request id {request_id!r}")
-        for directory in self._ledger_dirs():
+        hinted = self.requests.dataset_of(request_id)
+        directories = self._ledger_dirs()
+        if hinted is not None and (hinted / LEDGER_FILE).is_file():
+            directories = itertools.chain([hinted], directories)
+        for directory in directories:
             try:
                 for entry in self.ledger(directory).entries():
                     if entry.request_id == request_id:
@@ -439,8 +454,13 @@ class UnlearningServer(Node):
             store = DatasetStore.open(dataset_dir)
             if model_dir is not None:
                 self.api.check_new_request(store, selector, model_dir, reason)
-            return request_forget(store, selector, requester=requester.strip() or "ros", reason=reason.strip(),
-                                  ledger=self.ledger(dataset_dir))
+            entry = request_forget(store, selector, requester=requester.strip() or "ros", reason=reason.strip(),
+                                   ledger=self.ledger(dataset_dir))
+        try:
+            self.requests.add(entry.request_id, dataset_dir)
+        except OSError as err:   # only a lookup shortcut: find_request falls back to the ledgers
+            self.get_logger().warning(f"request index {self.requests.path}: {err}")
+        return entry
 
     # ----- Unlearn: admission ------------------------------------------------------------------
     def _on_goal(self, goal: Unlearn.Goal) -> GoalResponse:
