@@ -17,6 +17,7 @@ Short settings (a small network, a few hundred updates) keep it to a few minutes
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.data.ledger import ForgetLedger, LedgerState
 from saferule_core.data.store import DatasetStore
 from saferule_core.tasks.spec import get_task
+from saferule_ros.unlearning_server import STATE_FILE
 from tests.ros.ros_harness import REPO_ROOT
 from tests.ros.test_launch_file import (
     FORGET_RESPONSE,
@@ -150,6 +152,10 @@ def test_a_launched_fleet_goes_from_recording_to_a_repaired_policy(tmp_path: Pat
     assert np.mean(after) < np.mean(before), (before, after)
     entry = ForgetLedger(dataset_dir).get(request_id[1])
     assert entry.state == LedgerState.UNLEARNED and entry.artifact_version == "v0002"
+    # the server's queue survived the Ctrl-C readable, with nothing left in it; the dataset verifies
+    state = json.loads((layout_root / "unlearning" / STATE_FILE).read_text())
+    assert state["jobs"] == [], state
+    DatasetStore.open(dataset_dir).verify()
     registry = PolicyRegistry(layout_root / "policies")
     assert registry.manifest("v0002").parent_version == "v0001"
     assert registry.manifest("v0002").forget_request_id == request_id[1]
