@@ -205,7 +205,7 @@ START_WAIT_S = 180.0   # every node imports torch; on 2 busy cores a fleet takes
 STOP_WITHIN_S = 5.0    # the README's promise: a stopped node exits 0 within 5 s
 # Ctrl-C trials, alternating SIGINT to `ros2 launch` alone and to its whole process group (a
 # terminal's Ctrl-C); the fleet test below stops its fleet with one more.
-CTRL_C_TRIALS = int(os.environ.get("SAFERULE_CTRL_C_TRIALS", "10"))
+CTRL_C_TRIALS = int(os.environ.get("SAFERULE_CTRL_C_TRIALS", "4"))
 
 STARTED = re.compile(r"^\[INFO\] \[(?P<process>[\w-]+)\]: process started with pid \[(?P<pid>\d+)\]$")
 WRITTEN = re.compile(r"\[recorder\]: received \d+, written (\d+),")

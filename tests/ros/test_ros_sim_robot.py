@@ -18,6 +18,12 @@ pytestmark = pytest.mark.ros
 EPISODE_STEPS = 15
 
 
+def next_episode(episode_id: str) -> str:
+    """The id after `episode_id` ("<robot>-<seq>"; seq starts from the clock, so it has any width)."""
+    robot, _, seq = episode_id.rpartition("-")
+    return f"{robot}-{int(seq) + 1:06d}"
+
+
 def test_sim_robot_steps_applies_commands_and_stops_safely(tmp_path: Path) -> None:
     ros_args = ["--params-file", str(CONFIG_DIR / "sim_robot.yaml"), "-p", f"max_episode_steps:={EPISODE_STEPS}",
                 "-p", "command_timeout_s:=0.3", "-r", "__ns:=/sim_t"]
@@ -45,12 +51,12 @@ def test_sim_robot_steps_applies_commands_and_stops_safely(tmp_path: Path) -> No
         assert all(o[2].shape == (7,) and np.isfinite(o[2]).all() for o in observations)
         for (ep_a, step_a, *_), (ep_b, step_b, *_) in zip(records, records[1:]):
             assert (ep_b, step_b) == ((ep_a, step_a + 1) if step_a + 1 < EPISODE_STEPS
-                                      else (f"sim_t-{int(ep_a[-6:]) + 1:06d}", 0))
+                                      else (next_episode(ep_a), 0))
         ends = [r for r in records if r[1] == EPISODE_STEPS - 1]
         assert ends and all(r[2][STEP_TRUNCATED] == 1.0 or r[2][STEP_TERMINATED] == 1.0 for r in ends)
         # The final observation of an episode is published before the reset.
         seen = {(o[0], o[1]) for o in observations}
-        assert (ends[0][0], EPISODE_STEPS) in seen and (f"sim_t-{int(ends[0][0][-6:]) + 1:06d}", 0) in seen
+        assert (ends[0][0], EPISODE_STEPS) in seen and (next_episode(ends[0][0]), 0) in seen
 
         # Commands are applied, clipped to the action space.
         def commanded() -> bool:
