@@ -49,9 +49,12 @@ def closed_bags(bags_dir: Path | str) -> list[Path]:
 
 
 def bag_end_ns(bag: Path) -> int:
-    """The time of a closed bag's last message (start + duration in its metadata.yaml)."""
+    """The time of a closed bag's last message (start + duration in its metadata.yaml); -1 for a bag
+    without messages (a recorder that split just before it stopped), which is never the newest."""
     try:
         info = yaml.safe_load((bag / BAG_METADATA_FILE).read_text())["rosbag2_bagfile_information"]
+        if int(info.get("message_count", 1)) == 0:
+            return -1
         return int(info["starting_time"]["nanoseconds_since_epoch"]) + int(info["duration"]["nanoseconds"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
         raise DatasetError(f"{bag}: unreadable {BAG_METADATA_FILE} ({type(err).__name__}: {err})") from None

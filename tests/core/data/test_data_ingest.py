@@ -157,3 +157,17 @@ def test_kill_9_during_ingestion_leaves_a_consistent_dataset_and_the_bags_are_ta
         assert final.dataset_hash == expected.dataset_hash
         assert final.manifest.sources == expected.manifest.sources
         assert not any(p.name.endswith(".tmp") for p in [*data.iterdir(), *tmp_path.iterdir()])
+
+
+def test_an_empty_last_bag_does_not_hide_an_episode_that_may_continue(tmp_path: Path) -> None:
+    bags, data = tmp_path / "bags", tmp_path / "dataset"
+    first = make_episode("robot_1", 0, 5, T0, terminated=True, seed=1)
+    spanning = make_episode("robot_1", 1, 6, T0 + 6 * STEP_NS, terminated=False, seed=2)
+    bag(bags, 0, first.messages, episode_messages(spanning, 0, 2))
+    bag(bags, 1)                                   # the recorder split, then stopped: no messages
+    report = ingest_closed_bags(bags, data, "BallRun")
+    assert report.bags_held == ["saferule_20250101T000000Z_000"]
+    assert report.bags_taken == ["saferule_20250101T000000Z_001"]
+    bag(bags, 2, episode_messages(spanning, 3, 6))
+    later = ingest_closed_bags(bags, data, "BallRun")
+    assert later.episodes_added == 1 and DatasetStore.open(data).num_transitions == 5 + 6
