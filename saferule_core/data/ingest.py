@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from saferule_core.data.dataset import OfflineDataset
 from saferule_core.data.from_bags import read_bag_episodes
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import DatasetError
@@ -138,7 +139,7 @@ def ingest_closed_bags(bags_dir: Path | str, dataset_dir: Path | str, task: str,
         held: set[str] = set()
         keep = np.zeros(0, dtype=bool)
         if found is not None:
-            data = found.dataset
+            data = found.dataset.with_content_hashes()   # once: compared with the store, then stored
             report.import_report = found.report.to_json()
             ends = data.episode_starts + data.episode_lengths - 1
             finished = (data.terminals[ends] > 0) | (data.timeouts[ends] > 0)
@@ -154,7 +155,7 @@ def ingest_closed_bags(bags_dir: Path | str, dataset_dir: Path | str, task: str,
                 keep &= _new_episodes(store, data, finished, report)
         report.bags_taken = [bag.name for bag in candidates if bag.name not in held]
         report.bags_held = sorted(held)
-        added = found.dataset.subset_episodes(keep) if found is not None and keep.any() else None
+        added = data.subset_episodes(keep) if found is not None and keep.any() else None
         if added is not None:
             added.attrs = {"source": "rosbag2 (live ingestion)"}
         if store is None:
@@ -179,13 +180,13 @@ def _remove_interrupted_creations(dataset_dir: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _new_episodes(store: DatasetStore, data: Any, finished: np.ndarray, report: IngestReport) -> np.ndarray:
-    """Mask of `data`'s episodes that are not in `store` yet; same-content repeats are counted as
+def _new_episodes(store: DatasetStore, data: OfflineDataset, finished: np.ndarray,
+                  report: IngestReport) -> np.ndarray:
+    """Mask of `data`'s (content-hashed) episodes that are not in `store` yet; same-content repeats are counted as
     already in, other content under a known id as a conflict."""
     known = {ep.episode_id: ep.content_hash for ep in store.episodes}
-    hashed = data.with_content_hashes()
     new = np.ones(data.num_episodes, dtype=bool)
-    for index, episode in enumerate(hashed.episodes):
+    for index, episode in enumerate(data.episodes):
         if episode.episode_id not in known:
             continue
         new[index] = False
