@@ -33,6 +33,9 @@ def _check_fraction(owner: str, name: str, value: float, *, open_top: bool = Fal
         raise UnlearningError(f"{owner}.{name} must be in [0, 1{')' if open_top else ']'}, got {value!r}")
 
 
+CRITIC_RESETS: tuple[str, ...] = ("none", "cost", "all")
+
+
 @dataclass
 class SafeRuleConfig:
     """Safe-RULE's weights, margins and phases (see docs/safe_rule.md).
@@ -65,6 +68,7 @@ class SafeRuleConfig:
     state_cost_penalty: float = 3.0    # k_s, weight of the soft hinge on Q_c(s_f, pi(s_f)) > q* in it
     behaviour_quantile: float = 0.9    # eps* = this quantile of the behaviour model's score on retained data
     temperature: float = 0.1           # tau, relative to each hinge's unit
+    reset_critics: str = "none"        # one of CRITIC_RESETS: critic members re-initialised before the refit
     select_every: int = 25             # snapshot spacing for the offline checkpoint choice (0: keep the last)
 
     def validate(self) -> None:
@@ -80,6 +84,9 @@ class SafeRuleConfig:
                             max_reward_drop=self.max_reward_drop, max_cost_rise=self.max_cost_rise)
         _check_positive("safe_rule", actor_margin=self.actor_margin, temperature=self.temperature)
         _check_fraction("safe_rule", "behaviour_quantile", self.behaviour_quantile)
+        if self.reset_critics not in CRITIC_RESETS:
+            raise UnlearningError(f"safe_rule.reset_critics must be one of {', '.join(CRITIC_RESETS)}, "
+                                  f"got {self.reset_critics!r}")
         if isinstance(self.select_every, bool) or not isinstance(self.select_every, int) or self.select_every < 0:
             raise UnlearningError(f"safe_rule.select_every must be a non-negative integer, got {self.select_every!r}")
 

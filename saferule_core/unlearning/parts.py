@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from saferule_core.algos.base import Learner
 from saferule_core.algos.bc import BC
 from saferule_core.algos.bcq_lag import COST_MEMBERS, REWARD_MEMBERS, BCQLag
 from saferule_core.algos.cpq import CPQ
-from saferule_core.algos.networks import latent_kl
+from saferule_core.algos.networks import EnsembleLinear, latent_kl
 from saferule_core.errors import UnlearningError
 
 
@@ -136,6 +137,7 @@ class ModelParts:
     behaviour: nn.Module | None = None
     behaviour_optimizer: torch.optim.Optimizer | None = None
     q_threshold: float | None = None
+    critics_target: nn.Module | None = None
 
     @property
     def has_critics(self) -> bool:
@@ -162,6 +164,22 @@ class ModelParts:
         with self.learner.autocast():
             return self.critics(obs, actions).float()
 
+    @torch.no_grad()
+    def reset_critic_members(self, members: slice, generator: torch.Generator) -> None:
+        """Fresh initial weights for these critic members (as a new learner would draw them), the
+        same in the target critics, and Adam restarted for the critics: their old values are gone."""
+        if self.critics is None or self.critics_target is None or self.critic_optimizer is None:
+            raise UnlearningError(f"{self.learner.info.algo} has no critics to reset")
+        for layer, target in zip(self.critics.modules(), self.critics_target.modules()):
+            if not isinstance(layer, EnsembleLinear):
+                continue
+            bound = 1.0 / math.sqrt(layer.in_features)
+            for name in ("weight", "bias"):
+                fresh = torch.empty_like(getattr(layer, name)[members]).uniform_(-bound, bound, generator=generator)
+                getattr(layer, name)[members] = fresh
+                getattr(target, name)[members] = fresh
+        self.critic_optimizer.state.clear()
+
     def behaviour_scores(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """How far the behaviour model is from proposing each (s, a), and the same measure for data
         it has learned well, both [B]. BCQ-Lag's policy starts from the decoder's z = 0 action, so
@@ -186,11 +204,12 @@ def model_parts(learner: Learner) -> ModelParts:
     """The parts of a BCQ-Lag, CPQ or BC learner; UnlearningError for any other kind."""
     if isinstance(learner, BCQLag):
         return ModelParts(learner, learner.actor, learner.actor_optim, learner.critics, learner.critic_optim,
-                          REWARD_MEMBERS, COST_MEMBERS, learner.vae, learner.vae_optim, learner.q_threshold)
+                          REWARD_MEMBERS, COST_MEMBERS, learner.vae, learner.vae_optim, learner.q_threshold,
+                          learner.critics_target)
     if isinstance(learner, CPQ):
         return ModelParts(learner, learner.actor, learner.actor_optim, learner.critics, learner.critic_optim,
                           learner.reward_members, learner.cost_members, learner.vae, learner.vae_optim,
-                          learner.q_threshold)
+                          learner.q_threshold, learner.critics_target)
     if isinstance(learner, BC):
         return ModelParts(learner, learner.actor, learner.actor_optim)
     raise UnlearningError(f"unlearning does not know the parts of a {learner.info.algo} model "

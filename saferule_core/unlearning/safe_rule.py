@@ -204,6 +204,10 @@ def run_safe_rule(session: Session) -> MethodOutcome:
             snapshots.append((step, network_state(learner)))
 
     learner.train_mode(True)
+    if cfg.reset_critics != "none" and parts.has_critics:
+        assert parts.reward_members is not None and parts.cost_members is not None
+        members = parts.cost_members if cfg.reset_critics == "cost" else slice(None)
+        parts.reset_critic_members(members, generator)
     # Refit: the critics (and the multiplier) learn the retained data's values of the current policy
     # before the actor moves on them; the forget terms wait for the actor.
     with held_still(parts.actor_optimizer):

@@ -198,3 +198,23 @@ def test_critic_refit_moves_the_critics_while_the_actor_holds_still(trained: dic
     assert _forget_distance(refitted, dataset) != _forget_distance(learner, dataset)   # then the actor moved
     with pytest.raises(UnlearningError, match="must leave steps for suppression"):
         SafeRuleConfig(critic_refit_fraction=0.7, repair_fraction=0.3).validate()
+
+
+def test_reset_critic_members_redraws_only_those_members_and_their_targets(trained: dict[str, Learner]) -> None:
+    from saferule_core.unlearning.parts import clone_learner
+
+    learner = clone_learner(trained["bcq_lag"])
+    parts = model_parts(learner)
+    assert parts.critics is not None and parts.critics_target is not None and parts.cost_members is not None
+    before = {name: p.detach().clone() for name, p in parts.critics.named_parameters()}
+    parts.reset_critic_members(parts.cost_members, torch.Generator().manual_seed(3))
+    for name, param in parts.critics.named_parameters():
+        old = before[name]
+        assert torch.equal(param[parts.reward_members], old[parts.reward_members])     # reward twins untouched
+        assert not torch.equal(param[parts.cost_members], old[parts.cost_members])     # cost twins redrawn
+        target = dict(parts.critics_target.named_parameters())[name]
+        assert torch.equal(target[parts.cost_members], param[parts.cost_members])       # target = fresh critic
+    assert not parts.critic_optimizer.state                                            # Adam restarts
+    obs = torch.zeros(4, learner.info.obs_dim)
+    act = torch.zeros(4, learner.info.act_dim)
+    assert torch.isfinite(parts.q_values(obs, act)).all()
