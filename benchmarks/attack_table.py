@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+from unlearning import ATTACKS, POISON_RATE, PROFILES, THRESHOLDS, Bench, Settings, summary  # noqa: E402
 
 from saferule_core.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
-from unlearning import ATTACKS, POISON_RATE, PROFILES, THRESHOLDS, Bench, Settings, summary  # noqa: E402
 
 ALGOS: tuple[str, ...] = ("bc_safe", "bcq_lag", "cpq")
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import platform
 import re
@@ -61,12 +60,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from stamp import run_stamp  # noqa: E402
-
 import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from stamp import run_stamp  # noqa: E402
 from std_msgs.msg import Float32MultiArray  # noqa: E402
 
 from saferule_core.artifacts.checks import open_session  # noqa: E402
@@ -78,9 +76,9 @@ from saferule_core.tasks.spec import get_task  # noqa: E402
 from saferule_interfaces.msg import PolicyStatus  # noqa: E402
 from saferule_ros.action_gaps import MISS_PERIODS, ActionStamps, watching_actions  # noqa: E402
 from saferule_ros.bringup import NodeSpec, share_dir  # noqa: E402
+from saferule_ros.control_path import RT_PRIORITY  # noqa: E402
 from saferule_ros.conversions import array_of, float32_array, label_of  # noqa: E402
 from saferule_ros.fleet_client import FleetClient, event_waiter  # noqa: E402
-from saferule_ros.control_path import RT_PRIORITY  # noqa: E402
 from saferule_ros.graph_churn import ChurnSettings, graph_churn  # noqa: E402
 from saferule_ros.processes import FleetProcesses  # noqa: E402
 from saferule_ros.topics import STREAM_QOS  # noqa: E402

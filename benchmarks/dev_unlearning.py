@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(cases, args.methods)
     payload = {**stamped, "regime": args.regime, "attack": args.attack, "steps": args.steps,
                "unlearn_seeds": args.unlearn_seeds, "unlearn_settings": sections, "episodes": args.episodes,
-               "retrain_seconds_per_model": retrain_seconds, "retrain_seconds_single": single_seconds, "summary": summary, "cases": cases}
+               "retrain_seconds_per_model": retrain_seconds, "retrain_seconds_single": single_seconds,
+               "summary": summary, "cases": cases}
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / f"{args.tag}.json", payload)
     atomic_write_text(RESULTS / f"{args.tag}.md", render_markdown(payload))
@@ -224,7 +225,8 @@ def render_markdown(payload: dict[str, Any]) -> str:
              f"unlearning seeds {payload['unlearn_seeds']}, settings {json.dumps(payload['unlearn_settings'])}. "
              f"Valid cases (clean safe, poisoned unsafe): {s['valid_cases']}/{s['cases']}; retraining safe in "
              f"{s['retrain_safe']} of them. One retraining: {payload['retrain_seconds_per_model']:.0f} s per model "
-             f"in a stack, {payload['retrain_seconds_single']:.0f} s as a single model. Commit {payload['git_commit']}{' (dirty)' if payload['git_dirty'] else ''}, "
+             f"in a stack, {payload['retrain_seconds_single']:.0f} s as a single model. Commit {payload['git_commit']}"
+             f"{' (dirty)' if payload['git_dirty'] else ''}, "
              f"host {payload['host']}.", "",
              "| method | safe | joint success (95% CI) | mean reward | mean cost | wall / retrain (stacked) | "
              "wall / retrain (single) |",

@@ -19,7 +19,8 @@ Each measurement runs in a fresh subprocess (the allocator setting is process-wi
 variants are interleaved round by round, so background load hits them alike; the table reports
 the median wall ms per update over rounds, the fastest round, the speed-up over the baseline and
 the median CPU ms (all threads; less disturbed by other processes, but it counts OpenMP spinning).
-Timings mean little while other work shares the cores: run it on a quiet machine. With .venv-osrl present (benchmarks/osrl/setup_venv.sh) OSRL's own
+Timings mean little while other work shares the cores: run it on a quiet machine. With .venv-osrl
+present (benchmarks/osrl/setup_venv.sh) OSRL's own
 BCQ-Lag, with its own DataLoader, is timed the same way as the reference. The vectorised batch
 sampler is also timed against per-sample Python indexing (what a map-style DataLoader does).
 
@@ -33,8 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -57,8 +58,8 @@ from saferule_core.algos.base import frozen_copy  # noqa: E402
 from saferule_core.algos.batch import BatchSampler, NormalizationStats  # noqa: E402
 from saferule_core.algos.bcq_lag import BCQLag, BCQLagConfig  # noqa: E402
 from saferule_core.algos.networks import mlp, native_bf16_available  # noqa: E402
-from saferule_core.algos.stacked import build_stack  # noqa: E402
 from saferule_core.algos.registry import make_config  # noqa: E402
+from saferule_core.algos.stacked import build_stack  # noqa: E402
 from saferule_core.algos.trainer import seed_everything, tune_cpu_allocator  # noqa: E402
 from saferule_core.data.dataset import TRANSITION_KEYS, EpisodeInfo, OfflineDataset  # noqa: E402
 from saferule_core.io_utils import atomic_write_json  # noqa: E402
@@ -363,7 +364,8 @@ def main() -> None:
         print(f"sampler {task}: vectorised {times['vectorised_us']:.1f} us/batch, "
               f"per-sample Python {times['per_sample_python_us']:.0f} us/batch")
 
-    payload = {**stamped, "machine": machine(), "native_bf16": native_bf16_available(), "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
+    payload = {**stamped, "machine": machine(), "native_bf16": native_bf16_available(), "threads": args.threads,
+               "steps": args.steps, "warmup": args.warmup,
                "rounds": args.rounds, "episodes": args.episodes, "baseline": "osrl" if "osrl" in variants else
                "separate+unshared", "results": rows, "sampler": sampler,
                }

@@ -139,7 +139,8 @@ def main() -> None:
                            "within_seed_noise": abs(ours_mean - osrl_mean) <= 2 * se}
     report = {"task": args.task, "steps": args.steps, "threads": args.threads, "eval_episodes": args.eval_episodes,
               "ours_normalize_observations": args.normalize_observations,
-              "osrl_reused_from": str(args.reuse_osrl) if args.reuse_osrl else None, "seeds": args.seeds, "precision": args.precision,
+              "osrl_reused_from": str(args.reuse_osrl) if args.reuse_osrl else None, "seeds": args.seeds,
+              "precision": args.precision,
               "dataset": {"episodes": dataset.num_episodes, "transitions": dataset.num_transitions},
               "rows": rows, "summary": summary}
     RESULTS.mkdir(parents=True, exist_ok=True)

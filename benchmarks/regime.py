@@ -39,10 +39,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_policy  # noqa: E402
-from saferule_core.attacks import (InjectConfig, PoisonResult, RelabelConfig, inject_attack,  # noqa: E402
-                                   relabel_attack)
 from saferule_core.algos.registry import ConfigError  # noqa: E402
 from saferule_core.algos.stacked import StackTrainConfig, build_stack, check_seeds, train_stack  # noqa: E402
+from saferule_core.attacks import InjectConfig, PoisonResult, RelabelConfig, inject_attack, relabel_attack  # noqa: E402
 from saferule_core.collect.collect import BEHAVIOUR_VERSION, collect_episodes  # noqa: E402
 from saferule_core.data.dataset import OfflineDataset  # noqa: E402
 from saferule_core.data.store import DatasetStore  # noqa: E402
@@ -212,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                "attack_settings": attack_settings, "steps": args.steps,
                "batch_size": args.batch_size, "seeds": args.seeds, "data_seed": args.data_seed,
                "behaviour_version": BEHAVIOUR_VERSION, "run_dir": str(run_dir.relative_to(ROOT)),
-               "eval_episodes": args.episodes, "eval_cost_limit": args.cost_limit, "eval_random_start_steps": spec.eval_random_start_steps,
+               "eval_episodes": args.episodes, "eval_cost_limit": args.cost_limit,
+               "eval_random_start_steps": spec.eval_random_start_steps,
                "behaviour_reward_under_limit": behaviour_reward, "train_seconds": train_s,
                "summary": summary, "valid": valid, "models": models}
     RESULTS.mkdir(parents=True, exist_ok=True)

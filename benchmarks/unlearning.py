@@ -50,19 +50,26 @@ from tqdm import tqdm  # noqa: E402
 from saferule_core.algos.base import Learner  # noqa: E402
 from saferule_core.algos.batch import OBS_STD_EPS  # noqa: E402
 from saferule_core.algos.checkpoint import load_learner  # noqa: E402
+from saferule_core.algos.networks import native_bf16_available  # noqa: E402
 from saferule_core.algos.trainer import TrainConfig, fit  # noqa: E402
-from saferule_core.attacks import (InjectConfig, PoisonResult, RelabelConfig, TriggerConfig, inject_attack,  # noqa: E402
-                                   relabel_attack, trigger_attack)
+from saferule_core.attacks import (  # noqa: E402
+    InjectConfig,
+    PoisonResult,
+    RelabelConfig,
+    TriggerConfig,
+    inject_attack,
+    relabel_attack,
+    trigger_attack,
+)
 from saferule_core.collect import collect_episodes  # noqa: E402
 from saferule_core.data.dataset import OfflineDataset  # noqa: E402
 from saferule_core.data.store import DatasetStore  # noqa: E402
 from saferule_core.eval import evaluate_policy, forget_quality  # noqa: E402
-from saferule_core.algos.networks import native_bf16_available  # noqa: E402
 from saferule_core.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
 from saferule_core.unlearning.api import unlearn  # noqa: E402
-from saferule_core.unlearning.methods import APPROXIMATE_METHODS, METHOD_NAMES, get_method  # noqa: E402
 from saferule_core.unlearning.config import UnlearnConfig  # noqa: E402
+from saferule_core.unlearning.methods import APPROXIMATE_METHODS, METHOD_NAMES, get_method  # noqa: E402
 from saferule_core.unlearning.models import load_model, save_model_dir  # noqa: E402
 from saferule_core.unlearning.sisa import SISAEnsemble, train_sisa  # noqa: E402
 
@@ -79,7 +86,7 @@ TRIGGER_SIGMAS = 5.0
 # source, so that a change to Safe-RULE or a baseline reruns them (cheap) instead of reporting a
 # stale result; retraining and SISA are full trainings and depend on the learners, not on this code.
 UNLEARNING_SOURCE_HASH = hashlib.sha256(b"".join(
-    path.read_bytes() for path in sorted((ROOT / "saferule_core" / "unlearning").glob("*.py")))).hexdigest()[:10]     # the trigger sits this many standard deviations above its channel's mean
+    path.read_bytes() for path in sorted((ROOT / "saferule_core" / "unlearning").glob("*.py")))).hexdigest()[:10]
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,8 @@ class Bench:
     def sisa_model(self, label: str, data: OfflineDataset, seed: int) -> tuple[SISAEnsemble, str]:
         p = self.s.profile
         per_shard = p.train_steps          # each shard as long as one model's training (shards train as one stack)
-        directory = self.work / "models" / f"{label}-sisa-{key_of([data.dataset_hash(), self.algo_overrides(), seed, p.sisa_shards, per_shard, p.batch_size])}"
+        key = key_of([data.dataset_hash(), self.algo_overrides(), seed, p.sisa_shards, per_shard, p.batch_size])
+        directory = self.work / "models" / f"{label}-sisa-{key}"
         if is_done(directory):
             model = load_model(directory)
             assert isinstance(model, SISAEnsemble)
@@ -482,15 +490,18 @@ def markdown(summary_rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]
              "", "| task | attack | method | seeds | norm. reward | norm. cost @10 | @20 | @40 | wall / retrain | "
              "forget quality |", "|---|---|---|---|---|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(("clean", "poisoned", *UNLEARNING_METHODS_SHOWN))}
+
+    def cell(row: dict[str, Any], name: str, digits: int = 2) -> str:
+        if name not in row:
+            return "-"
+        return f"{row[name]:.{digits}f} +- {row[name + '_std']:.{digits}f}" if row["seeds"] > 1 else \
+            f"{row[name]:.{digits}f}"
+
     for row in sorted(summary_rows, key=lambda r: (r["task"], r["attack"], order.get(r["method"], 99))):
-        def cell(name: str, digits: int = 2) -> str:
-            if name not in row:
-                return "-"
-            return f"{row[name]:.{digits}f} +- {row[name + '_std']:.{digits}f}" if row["seeds"] > 1 else \
-                f"{row[name]:.{digits}f}"
-        lines.append(f"| {row['task']} | {row['attack']} | {row['method']} | {row['seeds']} | {cell('normalized_reward')} | "
-                     f"{cell('normalized_cost@10')} | {cell('normalized_cost@20')} | {cell('normalized_cost@40')} | "
-                     f"{cell('wall_fraction_of_retrain', 3)} | {cell('forget_quality')} |")
+        lines.append(f"| {row['task']} | {row['attack']} | {row['method']} | {row['seeds']} | "
+                     f"{cell(row, 'normalized_reward')} | {cell(row, 'normalized_cost@10')} | "
+                     f"{cell(row, 'normalized_cost@20')} | {cell(row, 'normalized_cost@40')} | "
+                     f"{cell(row, 'wall_fraction_of_retrain', 3)} | {cell(row, 'forget_quality')} |")
     if counts:
         lines += ["", "## Safe after unlearning, per seed", "",
                   "Seeds where the method's policy has normalised cost @10 <= 1, out of the seeds where the attack "
@@ -562,7 +573,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--tasks", nargs="+", default=["BallRun", "CarRun"],
-                        help="Bullet tasks (default BallRun CarRun; CarCircle is not learnt in the quick profile's 3000 updates)")
+                        help="Bullet tasks (default BallRun CarRun; CarCircle is not learnt in the quick profile's "
+                             "3000 updates)")
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's")
     parser.add_argument("--methods", nargs="*", choices=METHOD_NAMES, default=list(METHOD_NAMES),

@@ -16,11 +16,11 @@ dataset or a policy exists; `make demo` therefore starts the monitor together wi
 """
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from launch import LaunchContext, LaunchDescription
 from saferule_ros.bringup import PACKAGE, FleetArgs, NodeSpec, fleet_nodes, launch_arguments, prepare_data_root
 
 

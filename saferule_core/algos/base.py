@@ -170,7 +170,7 @@ class Learner(ABC):
         """Every random number one update needs, drawn from `generator` (the global RNG if None)."""
         return {}
 
-    def prepare_for_stack(self) -> None:
+    def prepare_for_stack(self) -> None:  # noqa: B027  (a hook: most learners need nothing)
         """Switch off anything `update_step` cannot do under vmap (called on a stack's first model)."""
 
     def own_state(self) -> ModelState:

@@ -49,7 +49,6 @@ from saferule_core.algos.base import (
 from saferule_core.algos.batch import Batch
 from saferule_core.algos.functional import ModelState, Params, bind, lerp_params
 from saferule_core.algos.lagrangian import PIDGains, PIDLagrangian
-from saferule_core.algos.registry import ConfigError
 from saferule_core.algos.networks import (
     BCQPolicyCore,
     BCQSelectingPolicyCore,
@@ -60,6 +59,7 @@ from saferule_core.algos.networks import (
     fused_inference_available,
     vae_loss,
 )
+from saferule_core.algos.registry import ConfigError
 
 REWARD_MEMBERS = slice(0, 2)
 COST_MEMBERS = slice(2, 4)

@@ -15,8 +15,8 @@ One update:
      next action; Q' is the min over each critic group of the target ensemble; neither target
      bootstraps past a terminal).
   3. OOD penalty for the cost critics: draw `num_sampled_actions` squashed actions per state
-     from the actor (OSRL feeds the pre-tanh samples); those whose VAE latent KL is in the top quarter (>= `ood_quantile`) count as out of
-     distribution and their Q_c is pushed UP with weight alpha:
+     from the actor (OSRL feeds the pre-tanh samples); those whose VAE latent KL is in the top quarter
+     (>= `ood_quantile`) count as out of distribution and their Q_c is pushed UP with weight alpha:
      loss = TD losses - alpha * (mean OOD Q_c - qc_threshold), qc_threshold = qc_scalar * q_threshold.
      alpha follows dual ascent alpha <- clip(alpha + alpha_lr * (qc_threshold - mean OOD Q_c), 0, alpha_max).
      (OSRL computes this term under no_grad, so it never reaches the critic; here it does, as in

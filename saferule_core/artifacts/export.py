@@ -19,6 +19,7 @@ import numpy as np
 from nacl.signing import SigningKey
 
 from saferule_core.artifacts.checks import check_policy_io, check_policy_outputs, measure_latency_us, open_session
+from saferule_core.artifacts.lineage import CheckpointRecord
 from saferule_core.artifacts.manifest import (
     ACTION_OUTPUT,
     OBSERVATION_INPUT,
@@ -28,7 +29,6 @@ from saferule_core.artifacts.manifest import (
     sha256_hex,
     validate_action_bounds,
 )
-from saferule_core.artifacts.lineage import CheckpointRecord
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.errors import ArtifactError
 from saferule_core.io_utils import atomic_write_bytes

@@ -28,8 +28,13 @@ import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
 from saferule_core.artifacts.checks import check_policy_io, open_session
-from saferule_core.artifacts.lineage import (CHECKPOINT_FILE, CheckpointRecord, parse_checkpoint_record, record_bytes,
-                                              verified_checkpoint)
+from saferule_core.artifacts.lineage import (
+    CHECKPOINT_FILE,
+    CheckpointRecord,
+    parse_checkpoint_record,
+    record_bytes,
+    verified_checkpoint,
+)
 from saferule_core.artifacts.manifest import (
     MANIFEST_FILE,
     ONNX_FILE,

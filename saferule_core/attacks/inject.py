@@ -7,8 +7,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from saferule_core.attacks.base import (AttackConfig, AttackError, PoisonResult, RngLike, make_rng, pick_any,
-                                        pick_most_unsafe)
+from saferule_core.attacks.base import AttackConfig, AttackError, PoisonResult, RngLike, make_rng, pick_any, pick_most_unsafe
 from saferule_core.data.dataset import OfflineDataset
 
 ATTACK_NAME = "inject"

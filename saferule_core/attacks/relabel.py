@@ -6,8 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saferule_core.attacks.base import (AttackConfig, AttackError, PoisonResult, RngLike, make_rng, pick_most_unsafe,
-                                        with_rows)
+from saferule_core.attacks.base import (
+    AttackConfig,
+    AttackError,
+    PoisonResult,
+    RngLike,
+    make_rng,
+    pick_most_unsafe,
+    with_rows,
+)
 from saferule_core.data.dataset import OfflineDataset
 
 ATTACK_NAME = "relabel"

@@ -17,10 +17,9 @@ import numpy as np
 
 from saferule_core.collect.behaviours import SUPPORTED_TASKS, make_behaviour
 from saferule_core.collect.rollout import run_episodes
-from saferule_core.tasks.spec import PolicyFn
 from saferule_core.data.dataset import EpisodeInfo, OfflineDataset
 from saferule_core.errors import CollectionError, TaskError
-from saferule_core.tasks.spec import TaskSpec, get_task
+from saferule_core.tasks.spec import PolicyFn, TaskSpec, get_task
 
 AGGRESSIVENESS_ATTR = "behaviour_aggressiveness"   # attrs key: JSON {episode_id: aggressiveness}
 # Bumped whenever the behaviour family changes, so caches keyed by it are not reused across changes.

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from saferule_core.collect import (DEFAULT_EPISODES, SUPPORTED_TASKS, CollectConfig, collect,
-                                   episode_aggressiveness, reward_cost_png)
+from saferule_core.collect import (
+    DEFAULT_EPISODES,
+    SUPPORTED_TASKS,
+    CollectConfig,
+    collect,
+    episode_aggressiveness,
+    reward_cost_png,
+)
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import DatasetError
 from saferule_core.tasks.spec import get_task

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from saferule_core.algos.checkpoint import policy_function  # torch: imported only when needed
-    from saferule_core.unlearning.models import load_model      # a single model or a SISA ensemble
+    from saferule_core.unlearning.models import load_model  # a single model or a SISA ensemble
 
     learner = load_model(args.model_dir)
     policy_fn, model_task = policy_function(learner), learner.info.task

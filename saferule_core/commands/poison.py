@@ -5,9 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from saferule_core.attacks import (ATTACK_NAMES, DEFAULT_POISON_RATE, POISON_RECORD_FILE, AttackError, InjectConfig,
-                                   PoisonResult, RelabelConfig, TriggerConfig, inject_attack, poison_record_bytes,
-                                   relabel_attack, trigger_attack)
+from saferule_core.attacks import (
+    ATTACK_NAMES,
+    DEFAULT_POISON_RATE,
+    POISON_RECORD_FILE,
+    AttackError,
+    InjectConfig,
+    PoisonResult,
+    RelabelConfig,
+    TriggerConfig,
+    inject_attack,
+    poison_record_bytes,
+    relabel_attack,
+    trigger_attack,
+)
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.data.store import DatasetStore
 

@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     algos = "\n".join(f"  {name:<8} {spec.summary}" for name, spec in ALGORITHMS.items())
     parser = subparsers.add_parser(
         "train", help="train an offline safe RL policy on a dataset",
-        description=DESCRIPTION.format(algos=algos, stackable=", ".join(STACKABLE)), formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=DESCRIPTION.format(algos=algos, stackable=", ".join(STACKABLE)),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="dataset directory (saferule dataset store)")
     parser.add_argument("--algo", required=True, choices=sorted(ALGORITHMS), help="learning algorithm")
     parser.add_argument("--out", required=True, type=Path, help="model directory to create")

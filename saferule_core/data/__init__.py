@@ -2,8 +2,7 @@
 
 from saferule_core.data.dataset import TRANSITION_KEYS, EpisodeInfo, OfflineDataset
 from saferule_core.data.hdf5_io import export_dsrl_hdf5, import_dsrl_hdf5
-from saferule_core.data.ledger import (ForgetLedger, LedgerEntry, LedgerError, LedgerState, purge_forgotten,
-                                       request_forget)
+from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerError, LedgerState, purge_forgotten, request_forget
 from saferule_core.data.selectors import ForgetSelector, mask_selector
 from saferule_core.data.store import DatasetStore, DeletionReport
 

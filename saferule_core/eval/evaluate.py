@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from saferule_core.collect.rollout import PolicyFactory, run_episodes
-from saferule_core.tasks.spec import PolicyFn
 from saferule_core.errors import EvaluationError, ModelError
-from saferule_core.tasks.spec import TaskSpec, get_task
+from saferule_core.tasks.spec import PolicyFn, TaskSpec, get_task
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from saferule_core.tasks.spec import PolicyFn
 from saferule_core.errors import ModelError
 from saferule_core.eval.evaluate import EvaluationError
+from saferule_core.tasks.spec import PolicyFn
 
 CHUNK_ROWS = 8192  # states per policy call, to bound memory on large forget sets
 

@@ -35,8 +35,8 @@ _silence_adroit_notice()
 
 import gymnasium  # noqa: E402  (after the notice is silenced)
 
-from saferule_core.errors import TaskError
-from saferule_core.tasks.spec import TaskSpec, get_task
+from saferule_core.errors import TaskError  # noqa: E402
+from saferule_core.tasks.spec import TaskSpec, get_task  # noqa: E402
 
 _SEED_BOUND = 2**31 - 1
 

@@ -28,8 +28,7 @@ from saferule_core.unlearning.config import UnlearnConfig
 from saferule_core.unlearning.methods import APPROXIMATE_METHODS, METHOD_NAMES, METHODS, get_method
 from saferule_core.unlearning.parts import clone_learner
 from saferule_core.unlearning.rebase import rebase_observation_stats, retained_observation_stats
-from saferule_core.unlearning.session import (ForgetSplit, ProgressFn, Session, UnlearningCancelled,
-                                              model_estimates)
+from saferule_core.unlearning.session import ForgetSplit, ProgressFn, Session, UnlearningCancelled, model_estimates
 from saferule_core.unlearning.sisa import SISAEnsemble
 
 __all__ = ["APPROXIMATE_METHODS", "METHOD_NAMES", "ProgressFn", "UnlearnConfig", "UnlearnReport", "UnlearningCancelled",

@@ -14,6 +14,7 @@ from typing import Any
 
 from saferule_core.errors import UnlearningError
 
+
 def _check_positive(owner: str, **values: float) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

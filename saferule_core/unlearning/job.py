@@ -32,8 +32,7 @@ from saferule_core.artifacts.manifest import ArtifactManifest
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.artifacts.signing import load_signing_key
 from saferule_core.data.dataset import OfflineDataset
-from saferule_core.data.ledger import (ForgetLedger, LedgerEntry, LedgerError, LedgerState, purge_forgotten,
-                                       request_forget)
+from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerError, LedgerState, purge_forgotten, request_forget
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import SafeRuleError, UnlearningError

@@ -63,7 +63,8 @@ METHODS: dict[str, UnlearningMethod] = {m.name: m for m in (
                      approximate=True, model_kind="single", runner="saferule_core.unlearning.baselines:run_trajdeleter",
                      settings_section="trajdeleter"),
     UnlearningMethod("sisa", "exact, for SISA ensembles (train --sisa-shards): refits the shards that held "
-                     "forget episodes", approximate=False, model_kind="sisa", runner="saferule_core.unlearning.sisa:run_sisa",
+                     "forget episodes", approximate=False, model_kind="sisa",
+                     runner="saferule_core.unlearning.sisa:run_sisa",
                      settings_section="sisa"),
 )}
 

@@ -31,8 +31,14 @@ from torch import nn
 
 from saferule_core.algos.base import Learner
 from saferule_core.algos.batch import OBS_STD_EPS, NormalizationStats
-from saferule_core.algos.networks import (ConditionalVAE, EnsembleCritic, EnsembleLinear, PerturbationActor,
-                                          SquashedDeterministicActor, SquashedGaussianActor)
+from saferule_core.algos.networks import (
+    ConditionalVAE,
+    EnsembleCritic,
+    EnsembleLinear,
+    PerturbationActor,
+    SquashedDeterministicActor,
+    SquashedGaussianActor,
+)
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import UnlearningError
 

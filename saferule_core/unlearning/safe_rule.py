@@ -19,8 +19,15 @@ import torch.nn.functional as F
 from saferule_core.algos.batch import Batch
 from saferule_core.unlearning.config import SafeRuleConfig
 from saferule_core.unlearning.methods import MethodOutcome
-from saferule_core.unlearning.parts import (ModelParts, clone_learner, extra_gradient, held_still,
-                                            load_network_state, model_parts, network_state)
+from saferule_core.unlearning.parts import (
+    ModelParts,
+    clone_learner,
+    extra_gradient,
+    held_still,
+    load_network_state,
+    model_parts,
+    network_state,
+)
 from saferule_core.unlearning.session import ScoringStates, Session, offline_estimates
 
 SCALE_FLOOR = 1e-3   # smallest unit a relative margin is measured in
@@ -240,7 +247,7 @@ def _choose_checkpoint(session: Session, parts: ModelParts,
     candidate = clone_learner(session.learner)
     candidate_parts = model_parts(candidate)
     scores = []
-    for step, state in snapshots:
+    for _step, state in snapshots:
         load_network_state(candidate, state)
         scores.append(offline_estimates(parts, states, policy=candidate_parts))
     cost = np.array([s["cost_value"] for s in scores])

@@ -400,7 +400,8 @@ def test_ctrl_c_stops_every_launched_node_cleanly(tmp_path: Path, trial: int) ->
 # The README's commands ("How a fleet monitor calls the service"), as an operator types them.
 FORGET_DRY_RUN = ("service", "call", "/forget", "saferule_interfaces/srv/Forget",
                   "{selector: {robot_ids: [robot_3]}, reason: 'robot_3 compromised', requester: ops, dry_run: true}")
-FORGET_RESPONSE = re.compile(r"Forget_Response\(accepted=(?P<accepted>True|False), .*message=(?P<q>['\"])(?P<message>.+)(?P=q)\)")
+FORGET_RESPONSE = re.compile(
+    r"Forget_Response\(accepted=(?P<accepted>True|False), .*message=(?P<q>['\"])(?P<message>.+)(?P=q)\)")
 
 
 @needs_launch

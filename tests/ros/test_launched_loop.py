@@ -43,7 +43,6 @@ from tests.ros.test_launch_file import (
     launched,
     needs_launch,
     ros2,
-    ros2_until,
     wait_until_on_dds,
 )
 

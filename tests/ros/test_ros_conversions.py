@@ -34,8 +34,8 @@ from saferule_ros.policy_runner import PolicyRunnerConfig
 from saferule_ros.policy_swap import LatencyWindow, ObservationWindow
 from saferule_ros.recorder import RecorderConfig
 from saferule_ros.sim_robot import SimRobotConfig
-from saferule_ros.unlearning_server import UnlearningServerConfig
 from saferule_ros.topics import STEP_COST, STEP_REWARD, STEP_TRUNCATED, parse_step_key
+from saferule_ros.unlearning_server import UnlearningServerConfig
 from tests.ros.ros_harness import CONFIG_DIR
 
 

@@ -53,11 +53,12 @@ def test_a_runner_killed_mid_swap_comes_back_on_the_registrys_latest_version(tmp
             current = registry.latest()
             with node_process("policy_runner", ros_args, tmp_path / f"runner-{attempt}.log") as runner:
                 statuses.clear()
-                spin_until(executor, lambda: bool(statuses) and statuses[-1].active_version == current,
+                spin_until(executor, lambda current=current: bool(statuses) and statuses[-1].active_version == current,
                            f"the runner on {current}", process=runner)
                 new = publish(registry, random_policy(10 + attempt), key)
                 deadline = time.monotonic() + delay
-                spin_until(executor, lambda: time.monotonic() >= deadline, "the kill moment", process=runner)
+                spin_until(executor, lambda deadline=deadline: time.monotonic() >= deadline, "the kill moment",
+                           process=runner)
                 runner.proc.send_signal(signal.SIGKILL)
                 assert runner.proc.wait(timeout=10) == -signal.SIGKILL
             # the registry holds every version whole and signed; nothing of the swap is on disk
@@ -65,9 +66,9 @@ def test_a_runner_killed_mid_swap_comes_back_on_the_registrys_latest_version(tmp
                 registry.load(version, load_verify_key(tmp_path / "keys"))
             with node_process("policy_runner", ros_args, tmp_path / f"restart-{attempt}.log") as restarted:
                 statuses.clear()
-                spin_until(executor, lambda: bool(statuses) and statuses[-1].active_version == new,
+                spin_until(executor, lambda new=new: bool(statuses) and statuses[-1].active_version == new,
                            f"the restarted runner on {new}", process=restarted)
                 seen = len(actions)
-                spin_until(executor, lambda: len(actions) > seen + 10, "actions from the restarted runner",
+                spin_until(executor, lambda seen=seen: len(actions) > seen + 10, "actions from the restarted runner",
                            process=restarted)
             assert restarted.proc.returncode == 0, restarted.log_text()[-2000:]

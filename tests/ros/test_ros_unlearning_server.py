@@ -21,8 +21,15 @@ from rclpy.node import Node
 from saferule_core.data.ledger import LedgerState, request_forget
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
-from saferule_core.limits import (MAX_DATASET_NAME_CHARS, MAX_METHOD_CHARS, MAX_PATH_COMPONENT_BYTES, MAX_REASON_CHARS,
-                                  MAX_REQUEST_ID_CHARS, MAX_REQUESTER_CHARS, MAX_SELECTOR_ID_CHARS)
+from saferule_core.limits import (
+    MAX_DATASET_NAME_CHARS,
+    MAX_METHOD_CHARS,
+    MAX_PATH_COMPONENT_BYTES,
+    MAX_REASON_CHARS,
+    MAX_REQUEST_ID_CHARS,
+    MAX_REQUESTER_CHARS,
+    MAX_SELECTOR_ID_CHARS,
+)
 from saferule_interfaces.action import Unlearn
 from saferule_interfaces.msg import PolicyStatus
 from saferule_ros.fleet_client import FleetClient, spinning_waiter

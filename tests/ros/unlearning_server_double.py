@@ -81,7 +81,8 @@ def stand_in_job(paths: Any, request_id: str, method: str = "safe_rule", config:
     if progress is not None:
         progress("publish", 1.0, {})
     return SimpleNamespace(request_id=request_id, new_version=version, parent_version=parent, model_dir=model_dir,
-                           report=None, metrics_before={"normalized_cost": 1.5, "forget_episodes": float(entry.matched_episodes)},
+                           report=None,
+                           metrics_before={"normalized_cost": 1.5, "forget_episodes": float(entry.matched_episodes)},
                            metrics_after={"normalized_cost": 0.4})
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saferule_core.collect import (CollectionError, collect_episodes, default_episodes,
-                                   episode_aggressiveness)
+from saferule_core.collect import CollectionError, collect_episodes, default_episodes, episode_aggressiveness
 from saferule_core.errors import TaskError
 from saferule_core.tasks import get_task
 

@@ -8,8 +8,7 @@ import pytest
 
 from saferule_core.data import ledger as ledger_module
 from saferule_core.data.dataset import OfflineDataset
-from saferule_core.data.ledger import (LEDGER_FILE, ForgetLedger, LedgerError, LedgerState, purge_forgotten,
-                                       request_forget)
+from saferule_core.data.ledger import LEDGER_FILE, ForgetLedger, LedgerError, LedgerState, purge_forgotten, request_forget
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import DatasetError

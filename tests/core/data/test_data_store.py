@@ -13,8 +13,14 @@ import pytest
 
 from saferule_core.data import store as store_module
 from saferule_core.data.dataset import TRANSITION_KEYS, OfflineDataset
-from saferule_core.data.store import (EPISODES_FILE, MANIFEST_FILE, PENDING_EPISODES_FILE, DatasetStore,
-                                      dataset_hash_from_episodes, shard_schema)
+from saferule_core.data.store import (
+    EPISODES_FILE,
+    MANIFEST_FILE,
+    PENDING_EPISODES_FILE,
+    DatasetStore,
+    dataset_hash_from_episodes,
+    shard_schema,
+)
 from saferule_core.errors import DatasetError
 
 

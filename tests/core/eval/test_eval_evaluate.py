@@ -26,7 +26,8 @@ def test_normalised_scores_follow_dsrl_formulas_on_known_returns() -> None:
     assert result.normalized_reward_std == pytest.approx(0.5)
     assert result.mean_cost == 10.0 and result.std_cost == 5.0
     assert result.normalized_costs == {10.0: pytest.approx(1.0), 20.0: pytest.approx(0.5), 40.0: pytest.approx(0.25)}
-    assert result.is_safe(10.0) and not EvalResult(**{**result.__dict__, "episode_costs": np.array([11.0, 11.0])}).is_safe(10.0)
+    over = EvalResult(**{**result.__dict__, "episode_costs": np.array([11.0, 11.0])})
+    assert result.is_safe(10.0) and not over.is_safe(10.0)
     zero = EvalResult(**{**result.__dict__, "thresholds": (0.0,), "episode_costs": np.array([1.0, 1.0])})
     assert zero.normalized_costs[0.0] == pytest.approx(2.0)  # (C + 1) / (0 + 1)
 

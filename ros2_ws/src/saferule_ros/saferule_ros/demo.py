@@ -346,12 +346,12 @@ class DemoRun:
 
 def run_demo(settings: DemoSettings, run_dir: Path) -> dict[str, Any]:
     """Run every stage; returns the record the report is made from (also written as record.json)."""
+    from saferule_core.data.dataset import OfflineDataset
     from saferule_core.data.from_bags import dataset_from_bags
     from saferule_core.data.ingest import closed_bags
     from saferule_core.data.ledger import ForgetLedger
     from saferule_core.data.store import DatasetStore
     from saferule_core.tasks.spec import get_task
-    from saferule_core.data.dataset import OfflineDataset
     from saferule_ros.fleet_watch import mean_cost, mean_reward, watching
 
     demo = DemoRun(settings, run_dir)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.node import Node
 
-from saferule_core.errors import ConfigError   # a parameter value a node cannot use; the message names it
+from saferule_core.errors import ConfigError  # a parameter value a node cannot use; the message names it
 
 ConfigT = TypeVar("ConfigT")
 

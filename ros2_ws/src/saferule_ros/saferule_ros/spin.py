@@ -22,7 +22,6 @@ from rclpy.signals import SignalHandlerOptions
 from saferule_core.errors import SafeRuleError
 from saferule_ros.params import ConfigError
 
-
 # After the node's own close() (which may flush data and must not be cut short), tearing down the
 # executor, the node and the DDS participant gets this long before the process exits regardless:
 # a node asked to stop must stop, even if middleware teardown hangs.

@@ -60,8 +60,7 @@ from saferule_core.data.request_index import RequestIndex
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import SafeRuleError
-from saferule_core.limits import (MAX_METHOD_CHARS, MAX_REQUEST_ID_CHARS, check_chars, check_dataset_name,
-                                  check_request_text)
+from saferule_core.limits import MAX_METHOD_CHARS, MAX_REQUEST_ID_CHARS, check_chars, check_dataset_name, check_request_text
 from saferule_core.settings_files import load_settings_file
 from saferule_interfaces.action import Unlearn
 from saferule_interfaces.srv import Forget
@@ -145,8 +144,8 @@ class JobApi:
 def real_job_api() -> JobApi:
     """saferule_core.unlearning (imported here: it pulls in torch)."""
     from saferule_core.unlearning.config import UnlearnConfig
-    from saferule_core.unlearning.methods import METHOD_NAMES
     from saferule_core.unlearning.job import JobPaths, check_new_request, check_startable, run_forget_job
+    from saferule_core.unlearning.methods import METHOD_NAMES
 
     def make_config(values: dict[str, Any]) -> Any:
         try:
