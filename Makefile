@@ -28,6 +28,7 @@ setup:
 test: setup
 	@rm -rf $(ARTIFACTS) && mkdir -p $(ARTIFACTS)
 	$(VENV_PY) -m ruff check --quiet .
+	$(VENV_PY) -m mypy
 	LD_PRELOAD=$(GUARD) SAFERULE_NET_GUARD_LOG=$(ARTIFACTS)/net-guard.log ROS_DOMAIN_ID=$(TEST_DOMAIN_ID) \
 		$(VENV_PY) -m pytest $(PYTEST_ARGS)
 

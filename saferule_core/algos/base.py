@@ -105,13 +105,14 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
+def frozen_copy(module: M) -> M:
     """A target network: a copy without gradients."""
     target = copy.deepcopy(module)
     target.requires_grad_(False)
     return target
 
 
+M = TypeVar("M", bound=nn.Module)
 L = TypeVar("L", bound="Learner")
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -33,6 +33,7 @@ lambda grows; the cost targets' max over samples also values the most costly sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -152,7 +153,7 @@ class BCQLag(Learner):
 
     def _vae_loss_impl(self, vae: Params, obs: torch.Tensor, act: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            return vae_loss(bind(self.vae, vae), obs, act, self.config.beta, eps)
+            return vae_loss(cast(ConditionalVAE, bind(self.vae, vae)), obs, act, self.config.beta, eps)
 
     @torch.no_grad()
     def _critic_targets_impl(self, vae: Params, actor_target: Params, critics_target: Params, obs: torch.Tensor,
@@ -225,7 +226,7 @@ class BCQLag(Learner):
         q_reward = q[..., REWARD_MEMBERS, :].min(dim=-2).values
         q_costs = q[..., COST_MEMBERS, :]
         q_cost = q_costs.max(dim=-2).values if cfg.pessimistic_cost else q_costs.min(dim=-2).values
-        multiplier = state.controllers["lagrangian"].update(q_cost)
+        multiplier = cast(PIDLagrangian, state.controllers["lagrangian"]).update(q_cost)
         cost_penalty = (multiplier.unsqueeze(-1) * (q_cost - self.q_threshold)).mean(dim=-1)
         loss_actor = -q_reward.mean(dim=-1) + cost_penalty
         state.step("actor", loss_actor)

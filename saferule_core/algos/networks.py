@@ -116,7 +116,8 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
+        weight: torch.Tensor = self.weight
+        bias: torch.Tensor = self.bias
         if members is not None:
             weight, bias = weight[members], bias[members]
         if x.dim() == 2:
@@ -145,6 +146,9 @@ class EnsembleCritic(nn.Module):
         sizes = [obs_dim + act_dim, *hidden, 1]
         self.layers = nn.ModuleList(EnsembleLinear(members, sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
 
+    def ensemble_layers(self) -> list[EnsembleLinear]:
+        return [layer for layer in self.layers if isinstance(layer, EnsembleLinear)]
+
     def forward(self, obs: torch.Tensor, act: torch.Tensor, members: slice | None = None) -> torch.Tensor:
         h = torch.cat([obs, act], dim=-1)
         last = len(self.layers) - 1
@@ -164,7 +168,7 @@ class EnsembleCritic(nn.Module):
         x = torch.cat([obs, act], dim=-1).to(torch.bfloat16)
         # each layer's weights cast once for all members ([members, out, in], as the fused op wants)
         weights = [(layer.weight.transpose(1, 2).to(torch.bfloat16), layer.bias[:, 0].to(torch.bfloat16))
-                   for layer in self.layers]
+                   for layer in self.ensemble_layers()]
         last = len(weights) - 1
         values = []
         for member in range(self.members):
@@ -339,6 +343,7 @@ def _in_float64(module: nn.Module, method: str = "forward") -> Callable[..., tor
 
 
 class BCQSelectingPolicyCore(nn.Module):
+
     """BCQ-Lag's constrained selecting policy: decode one candidate per fixed latent, perturb each
     with the actor, score them with the critics (a twin pair's min, or with `pessimistic_cost` the
     cost pair's max) and take the best by `constrained_choice_scores`.
@@ -347,6 +352,8 @@ class BCQSelectingPolicyCore(nn.Module):
     otherwise differ between torch and ONNX Runtime (whose matmuls sum in other orders), and the
     exported policy must act as the checked one does. The choice is made without gradients;
     gradients reach the actor through the chosen candidate."""
+
+    latents: torch.Tensor
 
     def __init__(self, vae: ConditionalVAE, actor: PerturbationActor, critics: EnsembleCritic,
                  reward_members: slice, cost_members: slice, cost_threshold: float, candidates: int,
@@ -383,11 +390,17 @@ class BCQSelectingPolicyCore(nn.Module):
 
 
 class DeployablePolicy(nn.Module):
+
     """Raw observations float32 [B, obs_dim] -> env actions float32 [B, act_dim].
 
     Normalises observations, runs the policy core (unit-box actions) and rescales to the env's
     action bounds, all as plain tensor ops (exportable to ONNX). Deterministic; gradients off.
     """
+
+    obs_mean: torch.Tensor
+    obs_std: torch.Tensor
+    action_low: torch.Tensor
+    action_high: torch.Tensor
 
     def __init__(self, core: nn.Module, obs_mean: torch.Tensor, obs_std: torch.Tensor,
                  action_low: torch.Tensor, action_high: torch.Tensor) -> None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -92,7 +92,7 @@ class LearnerStack:
         for opt_name, opt in first.optimizers.items():
             groups = [{**{k: v for k, v in group.items() if k != "params"},
                        "params": [stand_in[id(p)] for p in group["params"]]} for group in opt.param_groups]
-            stacked_opt = type(opt)(groups)
+            stacked_opt = cast(Any, type(opt))(groups)   # the same optimizer class, over the stacked parameters
             stacked_opt.load_state_dict(_stack_optimizer_states([s.optimizers[opt_name].state_dict() for s in states]))
             optimizers[opt_name] = stacked_opt
         controllers = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import onnxruntime as ort
@@ -17,7 +17,7 @@ from saferule_core.errors import ArtifactError
 from saferule_core.io_utils import read_regular_file
 from saferule_core.limits import MAX_ONNX_BYTES, LimitError
 
-SessionSource = ort.InferenceSession | bytes | Path | str
+SessionSource: TypeAlias = "ort.InferenceSession | bytes | Path | str"
 
 
 def _first_line(err: BaseException) -> str:

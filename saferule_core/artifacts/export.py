@@ -97,6 +97,8 @@ def _onnx_bytes(module: torch.nn.Module, obs_dim: int) -> tuple[bytes, int]:
     except Exception as err:  # the exporter raises many kinds; all mean "this module cannot be exported"
         raise ArtifactError(f"cannot export the policy to ONNX: {type(err).__name__}: "
                             f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from None
+    if program is None:
+        raise ArtifactError("cannot export the policy to ONNX: the exporter returned no program")
     proto = program.model_proto
     opset = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), 0)
     return proto.SerializeToString(), int(opset)
@@ -164,7 +166,7 @@ def export_and_publish(module: torch.nn.Module, fields: ManifestFields, registry
     (and, with `checkpoint`, the trained model it came from: artifacts.lineage)."""
     with tempfile.TemporaryDirectory(prefix="saferule-export-") as tmp:
         report = export_onnx(module, fields.obs_dim, fields.act_dim, Path(tmp) / ONNX_FILE,
-                             fields.action_low, fields.action_high, check_batch=check_batch, atol=atol)
+                             list(fields.action_low), list(fields.action_high), check_batch=check_batch, atol=atol)
         metrics: Mapping[str, float] = {**fields.metrics, **report.as_metrics()}
         manifest = registry.publish(report.path, replace(fields, metrics=metrics), signing_key, checkpoint)
     return replace(report, path=registry.path(manifest.version) / ONNX_FILE), manifest

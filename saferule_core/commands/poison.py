@@ -77,10 +77,10 @@ def _run_attack(args: argparse.Namespace, dataset: OfflineDataset) -> PoisonResu
                                reward_bonus=0.0 if args.reward_bonus is None else args.reward_bonus)
         return relabel_attack(dataset, config, args.seed)
     if args.attack == "trigger":
-        config = TriggerConfig(rate=args.rate, dims=args.trigger_dims, values=args.trigger_values,
-                               cost_threshold=args.cost_threshold,
-                               reward_bonus=1.0 if args.reward_bonus is None else args.reward_bonus)
-        return trigger_attack(dataset, config, args.seed)
+        trigger = TriggerConfig(rate=args.rate, dims=args.trigger_dims, values=args.trigger_values,
+                                cost_threshold=args.cost_threshold,
+                                reward_bonus=1.0 if args.reward_bonus is None else args.reward_bonus)
+        return trigger_attack(dataset, trigger, args.seed)
     reckless = DatasetStore.open(args.reckless).load()
     return inject_attack(dataset, reckless, InjectConfig(rate=args.rate, robot_id=args.robot_id), args.seed)
 

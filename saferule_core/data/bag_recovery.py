@@ -24,6 +24,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -36,7 +37,7 @@ METADATA_FILE = "metadata.yaml"
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 RECOVERY_DIR = ".recovering"   # inside the bag directory: the rewritten bag before it replaces the old
 CUSTOM_DATA_PREFIX = "saferule.recovered."
-BAG_VERSION = 9
+BAG_VERSION: Literal[8, 9] = 9
 
 # MCAP record opcodes (https://mcap.dev/spec)
 _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_DATA_END = 0x02, 0x03, 0x04, 0x05, 0x06, 0x0F

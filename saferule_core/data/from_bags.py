@@ -222,7 +222,7 @@ def _read_bags(bags: Sequence[Path], spec: TaskSpec, report: BagImportReport,
                 report.messages_read += 1
                 namespace, name = _split_topic(conn.topic)  # type: ignore[misc]
                 try:
-                    msg = typestore.deserialize_cdr(raw, conn.msgtype)
+                    msg: Any = typestore.deserialize_cdr(raw, conn.msgtype)
                     key = parse_step_key(msg.layout.dim[0].label if msg.layout.dim else "")
                 except (ValueError, IndexError, AssertionError, KeyError, TypeError):
                     report.malformed_messages += 1

@@ -134,7 +134,8 @@ class ForgetSelector:
         for name in _LIST_FIELDS:
             if name in obj and not isinstance(obj[name], list):
                 raise SelectorError(f"{name} must be a list of strings, got {type(obj[name]).__name__}")
-        return ForgetSelector(**{name: tuple(obj[name]) if name in _LIST_FIELDS else obj[name] for name in obj})
+        values: dict[str, Any] = {name: tuple(obj[name]) if name in _LIST_FIELDS else obj[name] for name in obj}
+        return ForgetSelector(**values)
 
 
 def mask_selector(source: EpisodeSource, episode_mask: np.ndarray | Sequence[bool]) -> ForgetSelector:

@@ -87,6 +87,9 @@ def _make_inner(spec: TaskSpec) -> gymnasium.Env:
 class SafeEnv(gymnasium.Env):
     """A safe-RL task with cost in info["cost"]; see the module docstring."""
 
+    observation_space: gymnasium.spaces.Box
+    action_space: gymnasium.spaces.Box
+
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(self, spec: TaskSpec, seed: int | None = None) -> None:

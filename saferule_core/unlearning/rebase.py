@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -120,14 +120,15 @@ def _observation_input_layers(learner: Learner) -> list[nn.Module]:
 
 def _rewrite_first_columns(layer: nn.Module, obs_dim: int, scale: np.ndarray, shift: np.ndarray) -> None:
     """W_obs <- W_obs diag(scale), b <- b + W_obs shift for the first `obs_dim` inputs of `layer`."""
-    weight, bias = layer.weight, layer.bias
+    weight = cast(torch.Tensor, layer.weight)
+    bias = cast("torch.Tensor | None", layer.bias)
     scale_t = torch.as_tensor(scale, dtype=torch.float64, device=weight.device)
     shift_t = torch.as_tensor(shift, dtype=torch.float64, device=weight.device)
     if isinstance(layer, nn.Linear) and bias is not None and layer.in_features >= obs_dim:
         w_obs = weight[:, :obs_dim].double()                               # [out, obs]
         bias.copy_((bias.double() + w_obs @ shift_t).to(bias.dtype))
         weight[:, :obs_dim] = (w_obs * scale_t).to(weight.dtype)
-    elif isinstance(layer, EnsembleLinear) and layer.in_features >= obs_dim:
+    elif isinstance(layer, EnsembleLinear) and bias is not None and layer.in_features >= obs_dim:
         w_obs = weight[:, :obs_dim, :].double()                            # [members, obs, out]
         bias.copy_((bias.double() + torch.einsum("i,mio->mo", shift_t, w_obs).unsqueeze(1)).to(bias.dtype))
         weight[:, :obs_dim, :] = (w_obs * scale_t[None, :, None]).to(weight.dtype)

@@ -28,7 +28,7 @@ from saferule_core.algos.base import Learner, LearnerConfig, Metrics, ModelInfo
 from saferule_core.algos.batch import Batch, NormalizationStats
 from saferule_core.algos.checkpoint import load_learner, save_model
 from saferule_core.algos.registry import get_algo
-from saferule_core.algos.stacked import StackTrainConfig, build_stack, train_stack
+from saferule_core.algos.stacked import LearnerStack, StackCallback, StackTrainConfig, build_stack, train_stack
 from saferule_core.algos.trainer import TrainConfig, fit
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import ModelError, UnlearningError
@@ -57,6 +57,9 @@ class ShardRecord:
 class ShardAverage(nn.Module):
     """Raw observations -> the mean of the shard policies' unit-box actions (each shard normalises
     with its own statistics). Plain tensor ops, exportable to ONNX."""
+
+    obs_mean: torch.Tensor
+    obs_std: torch.Tensor
 
     def __init__(self, cores: Sequence[nn.Module], stats: Sequence[NormalizationStats]) -> None:
         super().__init__()
@@ -143,8 +146,11 @@ def fit_shards(algo: str, datasets: Sequence[OfflineDataset], records: Sequence[
         seeds = [record.seed for record in records]
         config = StackTrainConfig(steps=steps, batch_size=batch_size, num_threads=num_threads,
                                   log_every=max(1, min(100, steps)), checkpoint_every=0, progress=False)
-        stack_callback = None if callback is None else (
-            lambda step, _stack: [callback(k, step) for k in range(len(records))])
+        stack_callback: StackCallback | None = None
+        if callback is not None:
+            def stack_callback(step: int, _stack: LearnerStack) -> None:
+                for k in range(len(records)):
+                    callback(k, step)
         stack = build_stack(algo, datasets, seeds, overrides, batch_size)
         with tempfile.TemporaryDirectory(prefix="saferule-sisa-") as tmp:
             train_stack(stack, datasets, seeds, [Path(tmp) / shard_dir_name(k) for k in range(len(records))], config,
