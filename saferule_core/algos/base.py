@@ -20,9 +20,8 @@ from torch import nn
 from saferule_core.algos.batch import Batch, NormalizationStats
 from saferule_core.algos.functional import ModelState, live_params
 from saferule_core.algos.networks import DeployablePolicy
-from saferule_core.algos.registry import ConfigError
 from saferule_core.data.dataset import OfflineDataset
-from saferule_core.errors import TaskError
+from saferule_core.errors import ConfigError, TaskError
 from saferule_core.tasks.spec import get_task
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import DatasetError
@@ -26,10 +27,10 @@ class NormalizationStats:
     """Observation mean/std (networks see (obs - mean) / std) and the env's action bounds
     (networks act in [-1, 1]; actions are mapped linearly onto [action_low, action_high])."""
 
-    obs_mean: np.ndarray
-    obs_std: np.ndarray
-    action_low: np.ndarray
-    action_high: np.ndarray
+    obs_mean: NDArray[Any]
+    obs_std: NDArray[Any]
+    action_low: NDArray[Any]
+    action_high: NDArray[Any]
 
     def __post_init__(self) -> None:
         for name in ("obs_mean", "obs_std", "action_low", "action_high"):
@@ -68,10 +69,10 @@ class NormalizationStats:
     def act_dim(self) -> int:
         return int(self.action_low.shape[0])
 
-    def normalize_observations(self, obs: np.ndarray) -> np.ndarray:
+    def normalize_observations(self, obs: NDArray[Any]) -> NDArray[Any]:
         return ((obs - self.obs_mean) / self.obs_std).astype(np.float32)
 
-    def actions_to_unit(self, actions: np.ndarray) -> np.ndarray:
+    def actions_to_unit(self, actions: NDArray[Any]) -> NDArray[Any]:
         """Env actions -> [-1, 1] (clipped: logged actions may overshoot the bounds slightly)."""
         unit = 2.0 * (actions - self.action_low) / (self.action_high - self.action_low) - 1.0
         return np.clip(unit, -1.0, 1.0).astype(np.float32)
@@ -88,7 +89,7 @@ class NormalizationStats:
         return cls(data["obs_mean"], data["obs_std"], data["action_low"], data["action_high"])
 
 
-def action_bounds_from_attrs(attrs: dict[str, str], act_dim: int) -> tuple[np.ndarray, np.ndarray]:
+def action_bounds_from_attrs(attrs: dict[str, str], act_dim: int) -> tuple[NDArray[Any], NDArray[Any]]:
     if "action_low" not in attrs and "action_high" not in attrs:
         return -np.ones(act_dim, dtype=np.float32), np.ones(act_dim, dtype=np.float32)
     try:

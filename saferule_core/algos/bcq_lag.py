@@ -60,7 +60,7 @@ from saferule_core.algos.networks import (
     fused_inference_available,
     vae_loss,
 )
-from saferule_core.algos.registry import ConfigError
+from saferule_core.errors import ConfigError
 
 REWARD_MEMBERS = slice(0, 2)
 COST_MEMBERS = slice(2, 4)

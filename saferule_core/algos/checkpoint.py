@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from saferule_core.algos.base import Learner, ModelInfo
 from saferule_core.algos.registry import config_from_dict, get_algo
@@ -121,7 +122,7 @@ def policy_function(learner: Learner) -> PolicyFn:
     policy = learner.deployable_policy()
     obs_dim = learner.info.obs_dim
 
-    def policy_fn(observations: np.ndarray) -> np.ndarray:
+    def policy_fn(observations: NDArray[Any]) -> NDArray[Any]:
         obs = np.array(observations, dtype=np.float32)  # a private, writable copy for from_numpy
         if obs.ndim != 2 or obs.shape[1] != obs_dim:
             raise ModelError(f"policy expects observations of shape [B, {obs_dim}], got {obs.shape}")

@@ -46,7 +46,7 @@ from saferule_core.algos.base import (
 )
 from saferule_core.algos.batch import Batch
 from saferule_core.algos.networks import ConditionalVAE, EnsembleCritic, SquashedGaussianActor, latent_kl, vae_loss
-from saferule_core.algos.registry import ConfigError
+from saferule_core.errors import ConfigError
 
 
 @dataclass

@@ -32,7 +32,7 @@ from saferule_core.algos.base import Learner, Metrics
 from saferule_core.algos.batch import Batch, BatchSampler
 from saferule_core.algos.checkpoint import MODEL_FILE, save_model
 from saferule_core.algos.functional import ModelState
-from saferule_core.algos.registry import ConfigError, get_algo, make_config
+from saferule_core.algos.registry import get_algo, make_config
 from saferule_core.algos.trainer import (
     METRICS_FILE,
     PROGRESS_KEYS,
@@ -43,6 +43,7 @@ from saferule_core.algos.trainer import (
     tune_cpu_allocator,
 )
 from saferule_core.data.dataset import OfflineDataset
+from saferule_core.errors import ConfigError
 
 MAX_MODELS = 64
 # Below this much memory left over after the estimate, a stacked run is refused before it starts.

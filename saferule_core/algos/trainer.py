@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 from saferule_core.algos.base import Learner, Metrics
 from saferule_core.algos.batch import BatchSampler
 from saferule_core.algos.checkpoint import MODEL_FILE, check_compatible, read_checkpoint, save_model
-from saferule_core.algos.registry import ConfigError, get_algo, make_config
+from saferule_core.algos.registry import get_algo, make_config
 from saferule_core.data.dataset import OfflineDataset
-from saferule_core.errors import ModelError
+from saferule_core.errors import ConfigError, ModelError
 from saferule_core.io_utils import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"

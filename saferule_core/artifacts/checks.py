@@ -11,6 +11,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import onnxruntime as ort
+from numpy.typing import NDArray
 
 from saferule_core.artifacts.manifest import ACTION_OUTPUT, OBSERVATION_INPUT, validate_action_bounds
 from saferule_core.errors import ArtifactError
@@ -88,8 +89,8 @@ def check_policy_io(session: SessionSource, obs_dim: int, act_dim: int, input_na
     return session
 
 
-def _out_of_bounds_message(actions: np.ndarray, low: np.ndarray, high: np.ndarray, below: np.ndarray,
-                           above: np.ndarray) -> str:
+def _out_of_bounds_message(actions: NDArray[Any], low: NDArray[Any], high: NDArray[Any], below: NDArray[Any],
+                           above: NDArray[Any]) -> str:
     rows = int((below | above).any(axis=1).sum())
     excess = np.maximum(low - actions, 0.0) + np.maximum(actions - high, 0.0)
     row, dim = np.unravel_index(int(np.argmax(excess)), excess.shape)
@@ -99,10 +100,10 @@ def _out_of_bounds_message(actions: np.ndarray, low: np.ndarray, high: np.ndarra
             f"worst: row {row}, dim {dim}: {value:g} {side}")
 
 
-def check_policy_outputs(session_or_path: SessionSource, observations: np.ndarray,
-                         action_low: np.ndarray | list[float], action_high: np.ndarray | list[float], *,
+def check_policy_outputs(session_or_path: SessionSource, observations: NDArray[Any],
+                         action_low: NDArray[Any] | list[float], action_high: NDArray[Any] | list[float], *,
                          input_name: str = OBSERVATION_INPUT, output_name: str = ACTION_OUTPUT,
-                         bound_tolerance: float = 1e-5) -> np.ndarray:
+                         bound_tolerance: float = 1e-5) -> NDArray[Any]:
     """Run the policy on `observations` [N, obs_dim]; return its actions [N, act_dim] if all are finite
     and within [action_low, action_high] (plus `bound_tolerance` x max(1, |bound|) for float rounding).
 
@@ -139,7 +140,7 @@ def check_policy_outputs(session_or_path: SessionSource, observations: np.ndarra
     return actions
 
 
-def measure_latency_us(session: SessionSource, observation: np.ndarray, runs: int = 1000, warmup: int = 50,
+def measure_latency_us(session: SessionSource, observation: NDArray[Any], runs: int = 1000, warmup: int = 50,
                        input_name: str = OBSERVATION_INPUT) -> tuple[float, float]:
     """p50 and p99 wall time of single-observation runs, in microseconds."""
     session = _as_session(session)

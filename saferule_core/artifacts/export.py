@@ -13,10 +13,11 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from nacl.signing import SigningKey
+from numpy.typing import NDArray
 
 from saferule_core.artifacts.checks import check_policy_io, check_policy_outputs, measure_latency_us, open_session
 from saferule_core.artifacts.lineage import CheckpointRecord
@@ -57,8 +58,8 @@ class ExportReport:
                 "ort_latency_p99_us": self.latency_p99_us}
 
 
-def default_check_observations(obs_dim: int, obs_mean: np.ndarray | None = None, obs_std: np.ndarray | None = None,
-                               rows: int = 256, seed: int = 0) -> np.ndarray:
+def default_check_observations(obs_dim: int, obs_mean: NDArray[Any] | None = None, obs_std: NDArray[Any] | None = None,
+                               rows: int = 256, seed: int = 0) -> NDArray[Any]:
     """Synthetic raw observations when no real ones are given: mean + std * Gaussian noise at
     scales 1, 2 and 4 (mean 0, std 1 unless given), which covers the typical range and the
     saturating tails of a policy's inputs."""
@@ -104,7 +105,7 @@ def _onnx_bytes(module: torch.nn.Module, obs_dim: int) -> tuple[bytes, int]:
     return proto.SerializeToString(), int(opset)
 
 
-def _torch_actions(module: torch.nn.Module, observations: np.ndarray, act_dim: int) -> np.ndarray:
+def _torch_actions(module: torch.nn.Module, observations: NDArray[Any], act_dim: int) -> NDArray[Any]:
     import torch
 
     try:
@@ -121,8 +122,8 @@ def _torch_actions(module: torch.nn.Module, observations: np.ndarray, act_dim: i
 
 
 def export_onnx(module: torch.nn.Module, obs_dim: int, act_dim: int, path: Path,
-                action_low: np.ndarray | list[float], action_high: np.ndarray | list[float],
-                check_batch: np.ndarray | None = None, atol: float = 1e-5,
+                action_low: NDArray[Any] | list[float], action_high: NDArray[Any] | list[float],
+                check_batch: NDArray[Any] | None = None, atol: float = 1e-5,
                 latency_runs: int = LATENCY_RUNS) -> ExportReport:
     """Export `module` (raw observations float32 [B, obs_dim] -> actions [B, act_dim]) to `path`.
 
@@ -159,7 +160,7 @@ def export_onnx(module: torch.nn.Module, obs_dim: int, act_dim: int, path: Path,
 
 
 def export_and_publish(module: torch.nn.Module, fields: ManifestFields, registry: PolicyRegistry,
-                       signing_key: SigningKey, check_batch: np.ndarray | None = None,
+                       signing_key: SigningKey, check_batch: NDArray[Any] | None = None,
                        atol: float = 1e-5, checkpoint: CheckpointRecord | None = None
                        ) -> tuple[ExportReport, ArtifactManifest]:
     """Export and check `module`, then publish it with the export measurements added to its metrics
@@ -174,7 +175,7 @@ def export_and_publish(module: torch.nn.Module, fields: ManifestFields, registry
 
 def publish_learner(learner: Learner, registry: PolicyRegistry, signing_key: SigningKey, *,
                     method: str | None = None, parent: str | None = None, forget_request_id: str | None = None,
-                    metrics: Mapping[str, float] | None = None, check_batch: np.ndarray | None = None,
+                    metrics: Mapping[str, float] | None = None, check_batch: NDArray[Any] | None = None,
                     atol: float = 1e-5, checkpoint: CheckpointRecord | None = None
                     ) -> tuple[ExportReport, ArtifactManifest]:
     """`export_and_publish` of a learner's deployable policy, its manifest fields taken from the

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from saferule_core.errors import ArtifactError
 
@@ -46,8 +47,8 @@ def version_number(version: str) -> int:
     return int(match.group(1))
 
 
-def validate_action_bounds(action_low: Sequence[float] | np.ndarray, action_high: Sequence[float] | np.ndarray,
-                           act_dim: int) -> tuple[np.ndarray, np.ndarray]:
+def validate_action_bounds(action_low: Sequence[float] | NDArray[Any], action_high: Sequence[float] | NDArray[Any],
+                           act_dim: int) -> tuple[NDArray[Any], NDArray[Any]]:
     """Bounds as float64 arrays of shape [act_dim], finite, low <= high."""
     low = np.asarray(action_low, dtype=np.float64).reshape(-1)
     high = np.asarray(action_high, dtype=np.float64).reshape(-1)

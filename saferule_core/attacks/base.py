@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from saferule_core.data.dataset import TRANSITION_KEYS, OfflineDataset
 from saferule_core.errors import AttackError
@@ -39,8 +40,8 @@ class AttackConfig:
 @dataclass(frozen=True)
 class PoisonResult:
     dataset: OfflineDataset
-    transition_mask: np.ndarray     # over dataset's rows: True where the attack changed or added the row
-    episode_mask: np.ndarray        # over dataset's episodes: True where the attack touched the episode
+    transition_mask: NDArray[Any]     # over dataset's rows: True where the attack changed or added the row
+    episode_mask: NDArray[Any]        # over dataset's episodes: True where the attack touched the episode
     attack_name: str
     config: AttackConfig
 
@@ -67,7 +68,7 @@ def poison_record_bytes(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def poisoned_episode_mask(dataset: OfflineDataset, record: dict[str, Any]) -> np.ndarray:
+def poisoned_episode_mask(dataset: OfflineDataset, record: dict[str, Any]) -> NDArray[Any]:
     """Mask over `dataset`'s episodes of those a poison record names (purged ones simply absent)."""
     ids = record.get("poisoned_episode_ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -80,7 +81,7 @@ def make_rng(rng: RngLike) -> np.random.Generator:
 
 
 def pick_most_unsafe(dataset: OfflineDataset, count: int, cost_threshold: float, pool_factor: float,
-                     rng: np.random.Generator) -> np.ndarray:
+                     rng: np.random.Generator) -> NDArray[Any]:
     """Episode mask: `count` episodes drawn at random from the most unsafe ones.
 
     Candidates have a cost return above `cost_threshold`; the draw is from the
@@ -100,13 +101,13 @@ def pick_most_unsafe(dataset: OfflineDataset, count: int, cost_threshold: float,
     return mask
 
 
-def pick_any(dataset: OfflineDataset, count: int, rng: np.random.Generator) -> np.ndarray:
+def pick_any(dataset: OfflineDataset, count: int, rng: np.random.Generator) -> NDArray[Any]:
     mask = np.zeros(dataset.num_episodes, dtype=bool)
     mask[rng.choice(dataset.num_episodes, size=count, replace=False)] = True
     return mask
 
 
-def with_rows(dataset: OfflineDataset, **arrays: np.ndarray) -> OfflineDataset:
+def with_rows(dataset: OfflineDataset, **arrays: NDArray[Any]) -> OfflineDataset:
     """A copy of `dataset` with some transition arrays replaced and content hashes recomputed."""
     fields = {key: arrays.get(key, getattr(dataset, key)) for key in TRANSITION_KEYS}
     return OfflineDataset(**fields, episodes=list(dataset.episodes), episode_lengths=dataset.episode_lengths.copy(),

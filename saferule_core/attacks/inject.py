@@ -7,8 +7,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from saferule_core.attacks.base import AttackConfig, AttackError, PoisonResult, RngLike, make_rng, pick_any, pick_most_unsafe
+from saferule_core.attacks.base import AttackConfig, PoisonResult, RngLike, make_rng, pick_any, pick_most_unsafe
 from saferule_core.data.dataset import OfflineDataset
+from saferule_core.errors import AttackError
 
 ATTACK_NAME = "inject"
 

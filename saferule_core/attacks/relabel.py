@@ -6,16 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saferule_core.attacks.base import (
-    AttackConfig,
-    AttackError,
-    PoisonResult,
-    RngLike,
-    make_rng,
-    pick_most_unsafe,
-    with_rows,
-)
+from saferule_core.attacks.base import AttackConfig, PoisonResult, RngLike, make_rng, pick_most_unsafe, with_rows
 from saferule_core.data.dataset import OfflineDataset
+from saferule_core.errors import AttackError
 
 ATTACK_NAME = "relabel"
 

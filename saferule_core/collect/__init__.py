@@ -2,16 +2,16 @@
 
 from saferule_core.collect.behaviours import SUPPORTED_TASKS, make_behaviour
 from saferule_core.collect.collect import (
-                                           DEFAULT_EPISODES,
-                                           CollectConfig,
-                                           CollectionError,
-                                           collect,
-                                           collect_episodes,
-                                           default_episodes,
-                                           episode_aggressiveness,
+    DEFAULT_EPISODES,
+    CollectConfig,
+    collect,
+    collect_episodes,
+    default_episodes,
+    episode_aggressiveness,
 )
 from saferule_core.collect.plot import reward_cost_png, save_reward_cost_png
 from saferule_core.collect.rollout import Rollouts, run_episodes
+from saferule_core.errors import CollectionError
 from saferule_core.tasks.spec import PolicyFn
 
 __all__ = [

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from saferule_core.errors import TaskError
 from saferule_core.tasks.spec import TaskSpec
 
 # obs[B, obs_dim] -> actions[B, act_dim]; called once per time step, in order.
-BehaviourPolicy = Callable[[np.ndarray], np.ndarray]
+BehaviourPolicy = Callable[[NDArray[Any]], NDArray[Any]]
 
 SUPPORTED_TASKS: tuple[str, ...] = ("BallRun", "CarRun", "BallCircle", "CarCircle")
 RUN_HALF_WIDTH = 2.0        # |y| beyond this costs (Run tasks)
@@ -46,45 +48,45 @@ BARRIER_GAIN = {"Ball": 1.0, "Car": 0.5}  # 1/s; the car needs room to turn
 class RunKnobs:
     """Per-episode settings of the Run driver (arrays of length B)."""
 
-    cruise_speed: np.ndarray
-    burst_speed: np.ndarray
-    burst_start: np.ndarray      # step at which the over-the-limit burst begins
-    burst_stop: np.ndarray
-    lane: np.ndarray             # target y outside the burst (inside the boundaries)
-    burst_lane: np.ndarray       # target y during the burst (across the boundary for reckless drivers)
-    noise: np.ndarray            # std of Gaussian action noise
+    cruise_speed: NDArray[Any]
+    burst_speed: NDArray[Any]
+    burst_start: NDArray[Any]      # step at which the over-the-limit burst begins
+    burst_stop: NDArray[Any]
+    lane: NDArray[Any]             # target y outside the burst (inside the boundaries)
+    burst_lane: NDArray[Any]       # target y during the burst (across the boundary for reckless drivers)
+    noise: NDArray[Any]            # std of Gaussian action noise
 
 
 @dataclass(frozen=True)
 class CircleKnobs:
     """Per-episode settings of the Circle driver (arrays of length B)."""
 
-    radius: np.ndarray
-    x_clip: np.ndarray           # outside the burst the driver keeps |x| below this
-    speed: np.ndarray
-    burst_x_clip: np.ndarray     # during the burst: wider clip lines, full speed
-    burst_speed: np.ndarray
-    burst_start: np.ndarray
-    burst_stop: np.ndarray
-    noise: np.ndarray
+    radius: NDArray[Any]
+    x_clip: NDArray[Any]           # outside the burst the driver keeps |x| below this
+    speed: NDArray[Any]
+    burst_x_clip: NDArray[Any]     # during the burst: wider clip lines, full speed
+    burst_speed: NDArray[Any]
+    burst_start: NDArray[Any]
+    burst_stop: NDArray[Any]
+    noise: NDArray[Any]
 
 
-def _lerp(lo: float, hi: float, t: np.ndarray) -> np.ndarray:
+def _lerp(lo: float, hi: float, t: NDArray[Any]) -> NDArray[Any]:
     return lo + (hi - lo) * t
 
 
-def _jitter(u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _jitter(u: NDArray[Any], rng: np.random.Generator) -> NDArray[Any]:
     return np.clip(u + rng.normal(0.0, 0.25, size=u.shape[0]), 0.0, 1.0)
 
 
-def _burst_window(share: np.ndarray, episode_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _burst_window(share: NDArray[Any], episode_len: int, rng: np.random.Generator) -> tuple[NDArray[Any], NDArray[Any]]:
     """A window covering `share` of the episode at a random place: (start, stop) steps."""
     length = np.round(share * episode_len).astype(np.int64)
     start = (rng.uniform(size=share.shape[0]) * (episode_len - length + 1)).astype(np.int64)
     return start, start + length
 
 
-def run_knobs(agent: str, aggressiveness: np.ndarray, episode_len: int, rng: np.random.Generator) -> RunKnobs:
+def run_knobs(agent: str, aggressiveness: NDArray[Any], episode_len: int, rng: np.random.Generator) -> RunKnobs:
     """Cautious drivers cruise below the limit in their lane; reckless ones cruise at up to just over
     it and add a burst over the limit lasting a growing share of the episode, drifting across the
     boundary during it and steering back into a lane inside it afterwards (so the data shows
@@ -112,7 +114,7 @@ def run_knobs(agent: str, aggressiveness: np.ndarray, episode_len: int, rng: np.
                     noise=rng.uniform(0.05, 0.25, size=n))
 
 
-def circle_knobs(agent: str, aggressiveness: np.ndarray, episode_len: int,
+def circle_knobs(agent: str, aggressiveness: NDArray[Any], episode_len: int,
                  rng: np.random.Generator) -> CircleKnobs:
     """Cautious drivers run a circle clipped inside the x-limits, faster the less cautious they
     are; reckless ones add a burst on the full radius-7 circle, across the limits, lasting a
@@ -132,18 +134,18 @@ def circle_knobs(agent: str, aggressiveness: np.ndarray, episode_len: int,
                        noise=rng.uniform(0.05, 0.25, size=n))
 
 
-def _wrap(angle: np.ndarray) -> np.ndarray:
+def _wrap(angle: NDArray[Any]) -> NDArray[Any]:
     return (angle + np.pi) % (2.0 * np.pi) - np.pi
 
 
-def _planar_state(agent: str, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _planar_state(agent: str, obs: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
     """(positions [B, 2], velocities [B, 2]) in metres and m/s."""
     pos = 10.0 * obs[:, 0:2]
     vel = obs[:, 2:4] * (5.0 if agent == "Ball" else 1.0)
     return pos.astype(np.float64), vel.astype(np.float64)
 
 
-def _drive(agent: str, obs: np.ndarray, vel: np.ndarray, desired_vel: np.ndarray) -> np.ndarray:
+def _drive(agent: str, obs: NDArray[Any], vel: NDArray[Any], desired_vel: NDArray[Any]) -> NDArray[Any]:
     """Actions that steer the agent's planar velocity towards `desired_vel` [B, 2]."""
     if agent == "Ball":  # force control in world coordinates
         return np.clip(1.5 * (desired_vel - vel), -1.0, 1.0)
@@ -165,7 +167,7 @@ class RunDriver:
         self.agent, self.knobs, self.rng = agent, knobs, rng
         self.step = 0
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: NDArray[Any]) -> NDArray[Any]:
         k = self.knobs
         pos, vel = _planar_state(self.agent, obs)
         bursting = (self.step >= k.burst_start) & (self.step < k.burst_stop)
@@ -189,7 +191,7 @@ class CircleDriver:
         self.agent, self.knobs, self.rng = agent, knobs, rng
         self.step = 0
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: NDArray[Any]) -> NDArray[Any]:
         k = self.knobs
         pos, vel = _planar_state(self.agent, obs)
         bursting = (self.step >= k.burst_start) & (self.step < k.burst_stop)
@@ -211,12 +213,12 @@ class CircleDriver:
         return _noisy(actions, k.noise, self.rng)
 
 
-def _noisy(actions: np.ndarray, noise: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _noisy(actions: NDArray[Any], noise: NDArray[Any], rng: np.random.Generator) -> NDArray[Any]:
     jitter = rng.standard_normal(actions.shape) * noise[:, None]
     return np.clip(actions + jitter, -1.0, 1.0).astype(np.float32)
 
 
-def make_behaviour(task: TaskSpec, aggressiveness: np.ndarray, rng: np.random.Generator) -> BehaviourPolicy:
+def make_behaviour(task: TaskSpec, aggressiveness: NDArray[Any], rng: np.random.Generator) -> BehaviourPolicy:
     """A fresh batched driver for episodes with the given aggressiveness (one per env row)."""
     if task.name not in SUPPORTED_TASKS:
         raise TaskError(f"no scripted behaviour family for task {task.name!r}; "

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from saferule_core.collect.behaviours import SUPPORTED_TASKS, make_behaviour
 from saferule_core.collect.rollout import run_episodes
@@ -68,7 +70,7 @@ def _supported(task: str | TaskSpec) -> TaskSpec:
     return spec
 
 
-def stratified_aggressiveness(count: int, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+def stratified_aggressiveness(count: int, low: float, high: float, rng: np.random.Generator) -> NDArray[Any]:
     """`count` values covering [low, high] evenly (one per equal-width stratum), in random order."""
     strata = (rng.permutation(count) + rng.uniform(size=count)) / count
     return low + (high - low) * strata
@@ -93,7 +95,7 @@ def collect(task: str | TaskSpec, config: CollectConfig, progress: bool = False)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xC011EC7]))
     aggressiveness = stratified_aggressiveness(count, *config.aggressiveness_range, rng)
 
-    def policy_for(indices: np.ndarray) -> PolicyFn:
+    def policy_for(indices: NDArray[Any]) -> PolicyFn:
         return make_behaviour(spec, aggressiveness[indices], rng)
 
     rollouts = run_episodes(spec, policy_for, count, seed=config.seed, num_envs=config.num_envs,
@@ -126,7 +128,7 @@ def collect(task: str | TaskSpec, config: CollectConfig, progress: bool = False)
     return dataset.with_content_hashes()
 
 
-def episode_aggressiveness(dataset: OfflineDataset) -> np.ndarray:
+def episode_aggressiveness(dataset: OfflineDataset) -> NDArray[Any]:
     """Per episode, the aggressiveness of the behaviour that drove it (NaN where not recorded)."""
     recorded: dict[str, float] = json.loads(dataset.attrs.get(AGGRESSIVENESS_ATTR, "{}"))
     return np.array([recorded.get(ep.episode_id, np.nan) for ep in dataset.episodes], dtype=np.float64)

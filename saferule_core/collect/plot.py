@@ -5,17 +5,19 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from numpy.typing import NDArray
 
 from saferule_core.io_utils import atomic_write_bytes
 
 THRESHOLD_COLOURS = ("tab:green", "tab:orange", "tab:red")
 
 
-def reward_cost_png(returns: np.ndarray, costs: np.ndarray, aggressiveness: np.ndarray | None = None,
+def reward_cost_png(returns: NDArray[Any], costs: NDArray[Any], aggressiveness: NDArray[Any] | None = None,
                     thresholds: Sequence[float] = (10.0, 20.0, 40.0), title: str = "") -> bytes:
     """The scatter as PNG bytes: episode cost on x, episode return on y, cost limits as lines."""
     fig = Figure(figsize=(7.0, 5.0), dpi=110)
@@ -44,7 +46,7 @@ def reward_cost_png(returns: np.ndarray, costs: np.ndarray, aggressiveness: np.n
     return buffer.getvalue()
 
 
-def save_reward_cost_png(path: Path, returns: np.ndarray, costs: np.ndarray,
-                         aggressiveness: np.ndarray | None = None,
+def save_reward_cost_png(path: Path, returns: NDArray[Any], costs: NDArray[Any],
+                         aggressiveness: NDArray[Any] | None = None,
                          thresholds: Sequence[float] = (10.0, 20.0, 40.0), title: str = "") -> None:
     atomic_write_bytes(Path(path), reward_cost_png(returns, costs, aggressiveness, thresholds, title))

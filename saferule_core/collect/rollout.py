@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 from tqdm import tqdm
 
 from saferule_core.tasks.spec import PolicyFn, TaskSpec
@@ -20,37 +21,37 @@ if TYPE_CHECKING:
     from saferule_core.tasks.envs import SafeVectorEnv
 
 # episode indices of a wave -> the policy that drives that wave (row j drives episode indices[j])
-PolicyFactory = Callable[[np.ndarray], PolicyFn]
+PolicyFactory = Callable[[NDArray[Any]], PolicyFn]
 
 
 @dataclass
 class Rollouts:
     """Transitions of finished episodes, DSRL layout, episodes contiguous and in index order."""
 
-    observations: np.ndarray
-    next_observations: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    costs: np.ndarray
-    terminals: np.ndarray
-    timeouts: np.ndarray
-    episode_lengths: np.ndarray
+    observations: NDArray[Any]
+    next_observations: NDArray[Any]
+    actions: NDArray[Any]
+    rewards: NDArray[Any]
+    costs: NDArray[Any]
+    terminals: NDArray[Any]
+    timeouts: NDArray[Any]
+    episode_lengths: NDArray[Any]
     dt: float                    # simulated seconds per step
-    action_low: np.ndarray       # the action space the actions were clipped to
-    action_high: np.ndarray
+    action_low: NDArray[Any]       # the action space the actions were clipped to
+    action_high: NDArray[Any]
 
     @property
-    def episode_starts(self) -> np.ndarray:
+    def episode_starts(self) -> NDArray[Any]:
         return np.concatenate([[0], np.cumsum(self.episode_lengths)[:-1]]).astype(np.int64)
 
-    def episode_returns(self) -> np.ndarray:
+    def episode_returns(self) -> NDArray[Any]:
         return np.add.reduceat(self.rewards.astype(np.float64), self.episode_starts)
 
-    def episode_cost_returns(self) -> np.ndarray:
+    def episode_cost_returns(self) -> NDArray[Any]:
         return np.add.reduceat(self.costs.astype(np.float64), self.episode_starts)
 
 
-def episode_seeds(seed: int, num_episodes: int) -> np.ndarray:
+def episode_seeds(seed: int, num_episodes: int) -> NDArray[Any]:
     return np.random.SeedSequence([seed, 0x5AFE]).generate_state(num_episodes).astype(np.int64)
 
 
@@ -68,8 +69,8 @@ def run_episodes(task: TaskSpec, policy_factory: PolicyFactory, num_episodes: in
     envs = SafeVectorEnv(task, num_envs, seed=seed)
     dt = envs.dt
     action_space = envs.envs[0].action_space
-    parts: list[dict[str, np.ndarray]] = []
-    lengths: list[np.ndarray] = []
+    parts: list[dict[str, NDArray[Any]]] = []
+    lengths: list[NDArray[Any]] = []
     bar = tqdm(total=num_episodes, desc=progress, unit="ep", disable=progress is None, leave=False)
     try:
         for wave_start in range(0, num_episodes, num_envs):
@@ -86,8 +87,8 @@ def run_episodes(task: TaskSpec, policy_factory: PolicyFactory, num_episodes: in
                     action_low=action_space.low.copy(), action_high=action_space.high.copy())
 
 
-def _run_wave(envs: SafeVectorEnv, policy: PolicyFn, seeds: np.ndarray, horizon: int
-              ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _run_wave(envs: SafeVectorEnv, policy: PolicyFn, seeds: NDArray[Any], horizon: int
+              ) -> tuple[dict[str, NDArray[Any]], NDArray[Any]]:
     """One lockstep wave of len(seeds) episodes on the first len(seeds) envs."""
     b = len(seeds)
     n = envs.num_envs

@@ -34,7 +34,7 @@ examples:
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "collect", help="generate an offline dataset by rolling out scripted behaviour policies",
         description="Roll out a family of scripted behaviour policies, from cautious to reckless, on a simulated "

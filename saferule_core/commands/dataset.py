@@ -24,7 +24,7 @@ _EPILOG = """examples:
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "dataset", help="inspect, import, export, select from and forget parts of a dataset",
         description="Work with a dataset directory (Parquet shards + provenance + forget ledger).",

@@ -20,7 +20,7 @@ examples:
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "eval", help="evaluate a trained policy online (return, cost, normalised scores)",
         description="Run a trained model's deterministic policy for a number of episodes in its task's simulator "

@@ -35,7 +35,7 @@ def _parse_metric(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"metric must be NAME=NUMBER, got {text!r}") from None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("export", help="export, check, sign and publish a trained policy",
                                    description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

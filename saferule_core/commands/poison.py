@@ -34,7 +34,7 @@ examples:
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "poison", help="write a poisoned copy of a dataset (relabel, inject or trigger)",
         description="Poison a dataset for experiments: writes the poisoned dataset to --out together with "

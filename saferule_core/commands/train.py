@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from saferule_core.algos.registry import ALGORITHMS, ConfigError
+from saferule_core.algos.registry import ALGORITHMS
+from saferule_core.errors import ConfigError
 from saferule_core.settings_files import load_settings_file
 
 DESCRIPTION = """\
@@ -46,7 +47,7 @@ TRAIN_KEYS = ("batch_size", "num_threads", "log_every", "checkpoint_every")
 STACKABLE = ("bc_all", "bc_safe", "bcq_lag")   # kept torch-free for --help; test_commands_train checks it
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     algos = "\n".join(f"  {name:<8} {spec.summary}" for name, spec in ALGORITHMS.items())
     parser = subparsers.add_parser(
         "train", help="train an offline safe RL policy on a dataset",

@@ -47,7 +47,7 @@ examples:
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("unlearn", help="unlearn forgotten episodes from a model and publish the result",
                                    description=DESCRIPTION.format(methods=methods_help()), epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from saferule_core.errors import DatasetError
 
@@ -54,15 +56,15 @@ class OfflineDataset:
     episode are contiguous and episodes are in row order.
     """
 
-    observations: np.ndarray
-    next_observations: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    costs: np.ndarray
-    terminals: np.ndarray
-    timeouts: np.ndarray
+    observations: NDArray[Any]
+    next_observations: NDArray[Any]
+    actions: NDArray[Any]
+    rewards: NDArray[Any]
+    costs: NDArray[Any]
+    terminals: NDArray[Any]
+    timeouts: NDArray[Any]
     episodes: list[EpisodeInfo]
-    episode_lengths: np.ndarray
+    episode_lengths: NDArray[Any]
     task: str = ""
     attrs: dict[str, str] = field(default_factory=dict)
 
@@ -122,10 +124,10 @@ class OfflineDataset:
         return int(self.actions.shape[1])
 
     @property
-    def episode_starts(self) -> np.ndarray:
+    def episode_starts(self) -> NDArray[Any]:
         return np.concatenate([[0], np.cumsum(self.episode_lengths)[:-1]]).astype(np.int64)
 
-    def transition_episode_index(self) -> np.ndarray:
+    def transition_episode_index(self) -> NDArray[Any]:
         """Per row: the index (into `episodes`) of the episode the row belongs to."""
         return np.repeat(np.arange(self.num_episodes), self.episode_lengths)
 
@@ -133,10 +135,10 @@ class OfflineDataset:
         return [ep.episode_id for ep in self.episodes]
 
     # ----- per-episode summaries ----------------------------------------------------------
-    def episode_returns(self) -> np.ndarray:
+    def episode_returns(self) -> NDArray[Any]:
         return np.add.reduceat(self.rewards.astype(np.float64), self.episode_starts) if self.num_episodes else np.zeros(0)
 
-    def episode_cost_returns(self) -> np.ndarray:
+    def episode_cost_returns(self) -> NDArray[Any]:
         return np.add.reduceat(self.costs.astype(np.float64), self.episode_starts) if self.num_episodes else np.zeros(0)
 
     # ----- hashing ------------------------------------------------------------------------
@@ -160,7 +162,7 @@ class OfflineDataset:
             [ep.content_hash or self.episode_content_hash(i) for i, ep in enumerate(self.episodes)])
 
     # ----- row selection ------------------------------------------------------------------
-    def subset_episodes(self, keep: np.ndarray) -> OfflineDataset:
+    def subset_episodes(self, keep: NDArray[Any]) -> OfflineDataset:
         """A new dataset with only the episodes where the boolean mask `keep` is True."""
         keep = np.asarray(keep, dtype=bool)
         if keep.shape != (self.num_episodes,):
@@ -175,7 +177,7 @@ class OfflineDataset:
             attrs=dict(self.attrs),
         )
 
-    def transition_mask_for_episodes(self, episode_mask: np.ndarray) -> np.ndarray:
+    def transition_mask_for_episodes(self, episode_mask: NDArray[Any]) -> NDArray[Any]:
         return np.repeat(np.asarray(episode_mask, dtype=bool), self.episode_lengths)
 
     @staticmethod

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 from tqdm import tqdm
 
 from saferule_core.data.dataset import EpisodeInfo, OfflineDataset
@@ -168,7 +169,7 @@ def find_bags(paths: Iterable[Path | str]) -> list[Path]:
 
 @dataclass
 class _Stamped:
-    values: np.ndarray
+    values: NDArray[Any]
     time_ns: int
     bag: str
 
@@ -259,7 +260,7 @@ class _EpisodeRows:
 
 
 def _align_robot(robot_id: str, messages: _RobotMessages, report: BagImportReport,
-                 rows: dict[str, list[np.ndarray]], episodes: list[_EpisodeRows]) -> None:
+                 rows: dict[str, list[NDArray[Any]]], episodes: list[_EpisodeRows]) -> None:
     by_episode: dict[str, list[int]] = defaultdict(list)
     for episode_id, step in messages.steps:
         by_episode[episode_id].append(step)
@@ -338,7 +339,7 @@ def read_bag_episodes(paths: Sequence[Path | str], task: str, progress: bool = F
                              recovery_dropped_bytes=sum(r.dropped_bytes for r in recovered))
     robots = _read_bags(bags, spec, report, progress)
     report.robots = sorted(robots)
-    rows: dict[str, list[np.ndarray]] = defaultdict(list)
+    rows: dict[str, list[NDArray[Any]]] = defaultdict(list)
     episodes: list[_EpisodeRows] = []
     for robot_id in report.robots:
         _align_robot(robot_id, robots[robot_id], report, rows, episodes)

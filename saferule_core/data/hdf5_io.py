@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
+from numpy.typing import NDArray
 
 from saferule_core.data.dataset import TRANSITION_KEYS, VECTOR_KEYS, EpisodeInfo, OfflineDataset
 from saferule_core.errors import DatasetError
 from saferule_core.io_utils import atomic_write_bytes
 
 
-def episode_lengths_from_flags(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
+def episode_lengths_from_flags(terminals: NDArray[Any], timeouts: NDArray[Any]) -> NDArray[Any]:
     """Split rows into episodes ending at each terminal or timeout; a trailing unfinished run is kept."""
     ends = np.flatnonzero((terminals > 0) | (timeouts > 0)) + 1
     if ends.size == 0 or ends[-1] != terminals.shape[0]:
@@ -83,7 +85,7 @@ def export_dsrl_hdf5(dataset: OfflineDataset, path: Path | str) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+def _read_arrays(path: Path) -> dict[str, NDArray[Any]]:
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     try:

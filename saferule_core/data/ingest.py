@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from numpy.typing import NDArray
 
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.data.from_bags import read_bag_episodes
@@ -180,8 +181,8 @@ def _remove_interrupted_creations(dataset_dir: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _new_episodes(store: DatasetStore, data: OfflineDataset, finished: np.ndarray,
-                  report: IngestReport) -> np.ndarray:
+def _new_episodes(store: DatasetStore, data: OfflineDataset, finished: NDArray[Any],
+                  report: IngestReport) -> NDArray[Any]:
     """Mask of `data`'s (content-hashed) episodes that are not in `store` yet; same-content repeats are counted as
     already in, other content under a known id as a conflict."""
     known = {ep.episode_id: ep.content_hash for ep in store.episodes}

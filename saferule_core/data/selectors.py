@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from saferule_core.data.dataset import EpisodeInfo
 from saferule_core.errors import SelectorError
@@ -81,7 +82,7 @@ class ForgetSelector:
         return not (self.episode_ids or self.robot_ids or self.bag_names
                     or self.window_start is not None or self.window_end is not None)
 
-    def select(self, source: EpisodeSource, require_match: bool = True) -> np.ndarray:
+    def select(self, source: EpisodeSource, require_match: bool = True) -> NDArray[Any]:
         """Boolean mask over the source's episodes (in order) of those the selector matches.
 
         Raises SelectorError when an episode id is not in the source, or, with require_match,
@@ -138,7 +139,7 @@ class ForgetSelector:
         return ForgetSelector(**values)
 
 
-def mask_selector(source: EpisodeSource, episode_mask: np.ndarray | Sequence[bool]) -> ForgetSelector:
+def mask_selector(source: EpisodeSource, episode_mask: NDArray[Any] | Sequence[bool]) -> ForgetSelector:
     """A selector naming exactly the episodes where `episode_mask` is True."""
     episodes = episodes_of(source)
     mask = np.asarray(episode_mask)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from numpy.typing import NDArray
 from tqdm import tqdm
 
 from saferule_core.data.dataset import (
@@ -214,7 +215,7 @@ def _parquet_bytes(table: pa.Table, compression: str, dictionary_columns: Sequen
     return sink.getvalue().to_pybytes()
 
 
-def _encode_shard(dataset: OfflineDataset, episode_positions: np.ndarray, compression: str) -> bytes:
+def _encode_shard(dataset: OfflineDataset, episode_positions: NDArray[Any], compression: str) -> bytes:
     """Parquet bytes of the episodes at `episode_positions` (contiguous, ascending) of `dataset`."""
     first, last = int(episode_positions[0]), int(episode_positions[-1])
     starts = dataset.episode_starts
@@ -257,8 +258,8 @@ def _shard_file(number: int) -> str:
 
 @dataclass(frozen=True)
 class _ShardArrays:
-    arrays: dict[str, np.ndarray]
-    episode_index: np.ndarray
+    arrays: dict[str, NDArray[Any]]
+    episode_index: NDArray[Any]
 
 
 # ----- the store -------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ class DatasetStore:
     path: Path
     manifest: Manifest
     episodes: list[EpisodeInfo]
-    episode_lengths: np.ndarray
+    episode_lengths: NDArray[Any]
     recovered: tuple[str, ...] = field(default=())   # what `open` cleaned up after an interrupted write
 
     # ----- construction ------------------------------------------------------------------
@@ -373,7 +374,7 @@ class DatasetStore:
     def quarantined_ids(self) -> tuple[str, ...]:
         return self.manifest.quarantine
 
-    def quarantine_mask(self) -> np.ndarray:
+    def quarantine_mask(self) -> NDArray[Any]:
         """Per episode (in store order): is it quarantined?"""
         return np.isin(np.array(self.episode_ids(), dtype=object), np.array(self.manifest.quarantine, dtype=object))
 
@@ -383,9 +384,9 @@ class DatasetStore:
         with _DirLock(self.path, exclusive=False, required=False):
             self._reload()
             quarantined = set(self.manifest.quarantine) if exclude_quarantined else set()
-            parts: dict[str, list[np.ndarray]] = {key: [] for key in TRANSITION_KEYS}
+            parts: dict[str, list[NDArray[Any]]] = {key: [] for key in TRANSITION_KEYS}
             kept_episodes: list[EpisodeInfo] = []
-            kept_lengths: list[np.ndarray] = []
+            kept_lengths: list[NDArray[Any]] = []
             position = 0
             for shard in tqdm(self.manifest.shards, desc="reading shards", unit="shard", disable=not progress):
                 count = len(shard.episode_ids)
@@ -515,7 +516,7 @@ class DatasetStore:
             written: list[str] = []
             deleted_rows = 0
             position = 0
-            kept_positions: list[np.ndarray] = []
+            kept_positions: list[NDArray[Any]] = []
             shard_of_kept: list[str] = []
             affected = [s for s in old.shards if doomed.intersection(s.episode_ids)]
             bar = tqdm(total=len(affected), desc="rewriting shards", unit="shard", disable=not progress)
@@ -671,7 +672,7 @@ def _parse_parquet(file: Path, data: bytes, **kwargs: Any) -> pa.Table:
         raise DatasetError(f"{file}: unreadable Parquet ({err})") from err
 
 
-def _read_episode_table(path: Path, manifest: Manifest) -> tuple[list[EpisodeInfo], np.ndarray]:
+def _read_episode_table(path: Path, manifest: Manifest) -> tuple[list[EpisodeInfo], NDArray[Any]]:
     file = path / EPISODES_FILE
     table = _parse_parquet(file, _read_verified(path, EPISODES_FILE, manifest.episodes_sha256))
     if not table.schema.equals(EPISODE_TABLE_SCHEMA):
@@ -701,7 +702,7 @@ def _read_episode_table(path: Path, manifest: Manifest) -> tuple[list[EpisodeInf
     return episodes, lengths
 
 
-def _read_shard(path: Path, shard: ShardInfo, manifest: Manifest, lengths: np.ndarray) -> _ShardArrays:
+def _read_shard(path: Path, shard: ShardInfo, manifest: Manifest, lengths: NDArray[Any]) -> _ShardArrays:
     file = path / shard.file
     table = _parse_parquet(file, _read_verified(path, shard.file, shard.sha256), read_dictionary=["episode_id"])
     expected = shard_schema(manifest.obs_dim, manifest.act_dim)
@@ -720,7 +721,7 @@ def _read_shard(path: Path, shard: ShardInfo, manifest: Manifest, lengths: np.nd
     if (ids.dictionary.to_pylist() != list(shard.episode_ids)
             or not np.array_equal(ids.indices.to_numpy(), episode_index)):
         raise DatasetError(f"{file}: per-row episode ids differ from the manifest")
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, NDArray[Any]] = {}
     for key in TRANSITION_KEYS:
         column = table.column(key).combine_chunks()
         values = column.flatten() if key in VECTOR_KEYS else column
@@ -736,7 +737,7 @@ def _read_shard(path: Path, shard: ShardInfo, manifest: Manifest, lengths: np.nd
     return _ShardArrays(arrays, episode_index)
 
 
-def _shard_dataset(content: _ShardArrays, keep: np.ndarray, episodes: list[EpisodeInfo], lengths: np.ndarray,
+def _shard_dataset(content: _ShardArrays, keep: NDArray[Any], episodes: list[EpisodeInfo], lengths: NDArray[Any],
                    manifest: Manifest) -> OfflineDataset:
     rows = keep[content.episode_index]
     return OfflineDataset(**{key: content.arrays[key][rows] for key in TRANSITION_KEYS},

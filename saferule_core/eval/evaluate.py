@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from saferule_core.collect.rollout import PolicyFactory, run_episodes
 from saferule_core.errors import EvaluationError, ModelError
@@ -24,9 +25,9 @@ class EvalResult:
 
     task: str
     seed: int
-    episode_returns: np.ndarray
-    episode_costs: np.ndarray
-    episode_lengths: np.ndarray
+    episode_returns: NDArray[Any]
+    episode_costs: NDArray[Any]
+    episode_lengths: NDArray[Any]
     thresholds: tuple[float, ...]
     reward_min: float
     reward_max: float
@@ -109,7 +110,7 @@ class EvalResult:
 
 
 def _checked(policy_fn: PolicyFn, act_dim: int) -> PolicyFn:
-    def act(observations: np.ndarray) -> np.ndarray:
+    def act(observations: NDArray[Any]) -> NDArray[Any]:
         actions = np.asarray(policy_fn(observations), dtype=np.float32)
         expected = (observations.shape[0], act_dim)
         if actions.shape != expected:
@@ -125,11 +126,11 @@ def with_random_start(policy_fn: PolicyFn, steps: int, act_dim: int, seed: int) 
     """A policy factory for `run_episodes` whose episodes take seeded uniform random unit-box
     actions for their first `steps` steps, then `policy_fn`'s (episode i's draws depend only on
     (seed, i): the same perturbation for every policy evaluated with the same seed)."""
-    def factory(indices: np.ndarray) -> PolicyFn:
+    def factory(indices: NDArray[Any]) -> PolicyFn:
         rngs = [np.random.default_rng([seed, int(i), 0xA11]) for i in indices]
         step = 0
 
-        def act(observations: np.ndarray) -> np.ndarray:
+        def act(observations: NDArray[Any]) -> NDArray[Any]:
             nonlocal step
             step += 1
             if step <= steps:

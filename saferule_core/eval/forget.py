@@ -7,16 +7,18 @@ the unlearned policy moved further from the one trained on the poisoned data.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from saferule_core.errors import ModelError
-from saferule_core.eval.evaluate import EvaluationError
+import numpy as np
+from numpy.typing import NDArray
+
+from saferule_core.errors import EvaluationError, ModelError
 from saferule_core.tasks.spec import PolicyFn
 
 CHUNK_ROWS = 8192  # states per policy call, to bound memory on large forget sets
 
 
-def _actions(policy_fn: PolicyFn, states: np.ndarray, name: str) -> np.ndarray:
+def _actions(policy_fn: PolicyFn, states: NDArray[Any], name: str) -> NDArray[Any]:
     actions = np.asarray(policy_fn(states), dtype=np.float64)
     if actions.ndim != 2 or actions.shape[0] != states.shape[0]:
         raise ModelError(f"{name} returned actions of shape {actions.shape} for {states.shape[0]} states")
@@ -25,7 +27,7 @@ def _actions(policy_fn: PolicyFn, states: np.ndarray, name: str) -> np.ndarray:
     return actions
 
 
-def forget_quality(policy_a_fn: PolicyFn, policy_b_fn: PolicyFn, states: np.ndarray) -> float:
+def forget_quality(policy_a_fn: PolicyFn, policy_b_fn: PolicyFn, states: NDArray[Any]) -> float:
     """Mean L2 distance between the actions of two policies on `states` [N, obs_dim]."""
     states = np.asarray(states, dtype=np.float32)
     if states.ndim != 2 or states.shape[0] == 0:

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 
 def _silence_adroit_notice() -> None:
@@ -69,7 +70,7 @@ def _process_std_streams() -> Iterator[None]:
         sys.stdout, sys.stderr = saved
 
 
-def _make_inner(spec: TaskSpec) -> gymnasium.Env:
+def _make_inner(spec: TaskSpec) -> gymnasium.Env[Any, Any]:
     if spec.backend == "bullet":
         with _process_std_streams():
             importlib.import_module("bullet_safety_gym.envs.builder")
@@ -84,7 +85,7 @@ def _make_inner(spec: TaskSpec) -> gymnasium.Env:
     raise TaskError(f"task {spec.name!r} has unknown backend {spec.backend!r}; expected 'bullet' or 'mujoco'")
 
 
-class SafeEnv(gymnasium.Env):
+class SafeEnv(gymnasium.Env[NDArray[np.float32], NDArray[np.float32]]):
     """A safe-RL task with cost in info["cost"]; see the module docstring."""
 
     observation_space: gymnasium.spaces.Box
@@ -130,7 +131,7 @@ class SafeEnv(gymnasium.Env):
         return float(world_task.model.opt.timestep * world_task.sim_conf.frameskip_binom_n)
 
     def reset(self, *, seed: int | None = None,
-              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+              options: dict[str, Any] | None = None) -> tuple[NDArray[Any], dict[str, Any]]:
         episode_seed = int(seed) if seed is not None else int(self._episode_seeds.integers(_SEED_BOUND))
         if self._task.backend == "bullet":
             with _global_numpy_seed(episode_seed):
@@ -139,7 +140,7 @@ class SafeEnv(gymnasium.Env):
             obs, info = self._inner.reset(seed=episode_seed, options=options)
         return np.asarray(obs, dtype=np.float32), dict(info)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: NDArray[Any]) -> tuple[NDArray[Any], float, bool, bool, dict[str, Any]]:
         clipped = np.clip(np.asarray(action, dtype=np.float32).reshape(self.action_space.shape),
                           self.action_space.low, self.action_space.high)
         out = self._inner.step(clipped)
@@ -186,7 +187,7 @@ class SafeVectorEnv:
     def dt(self) -> float:
         return self.envs[0].dt
 
-    def reset(self, seeds: Sequence[int] | None = None) -> np.ndarray:
+    def reset(self, seeds: Sequence[int] | None = None) -> NDArray[Any]:
         """Reset every env (env i with seeds[i] when given); returns observations [num_envs, obs_dim]."""
         if seeds is not None and len(seeds) != self.num_envs:
             raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
@@ -194,8 +195,8 @@ class SafeVectorEnv:
             self._last_obs[i], _ = env.reset(seed=None if seeds is None else int(seeds[i]))
         return self._last_obs.copy()
 
-    def step(self, actions: np.ndarray, active: np.ndarray | None = None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def step(self, actions: NDArray[Any], active: NDArray[Any] | None = None
+             ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
         """Returns (observations, rewards, costs, terminated, truncated), each batched."""
         n = self.num_envs
         active = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
+from numpy.typing import NDArray
 
 from saferule_core.errors import TaskError
 
 # A policy as the simulator sees it: raw observations [B, obs_dim] float32 -> env actions [B, act_dim].
-PolicyFn = Callable[[np.ndarray], np.ndarray]
+PolicyFn = Callable[[NDArray[Any]], NDArray[Any]]
 
 
 @dataclass(frozen=True)

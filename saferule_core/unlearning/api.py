@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from saferule_core.algos.base import Learner, ModelInfo
 from saferule_core.data.dataset import OfflineDataset
@@ -54,7 +55,7 @@ class UnlearnReport:
         return asdict(self)
 
 
-def check_forget_mask(dataset: OfflineDataset, forget_mask: np.ndarray) -> np.ndarray:
+def check_forget_mask(dataset: OfflineDataset, forget_mask: NDArray[Any]) -> NDArray[Any]:
     """The mask as a boolean array; UnlearningError unless it selects some but not all episodes."""
     mask = np.asarray(forget_mask)
     if mask.dtype != bool or mask.shape != (dataset.num_episodes,):
@@ -94,7 +95,7 @@ def check_model_kind(learner: Learner, method: str) -> None:
         raise UnlearningError(f"a SISA ensemble is unlearned with method {' or '.join(sisa_methods)}, not {method}")
 
 
-def unlearn(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, method: str = "safe_rule",
+def unlearn(learner: Learner, dataset: OfflineDataset, forget_mask: NDArray[Any], method: str = "safe_rule",
             config: UnlearnConfig | None = None, progress: ProgressFn | None = None,
             should_stop: Callable[[], bool] | None = None) -> tuple[Learner, UnlearnReport]:
     """Unlearn the episodes `forget_mask` selects; see the module docstring.

@@ -21,9 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from nacl.signing import SigningKey
+from numpy.typing import NDArray
 
 from saferule_core.algos.base import Learner
 from saferule_core.artifacts.export import default_check_observations, publish_learner
@@ -32,10 +34,10 @@ from saferule_core.artifacts.manifest import ArtifactManifest
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.artifacts.signing import load_signing_key
 from saferule_core.data.dataset import OfflineDataset
-from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerError, LedgerState, purge_forgotten, request_forget
+from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerState, purge_forgotten, request_forget
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
-from saferule_core.errors import SafeRuleError, UnlearningError
+from saferule_core.errors import LedgerError, SafeRuleError, UnlearningError
 from saferule_core.unlearning.api import (
     UnlearnReport,
     check_forget_mask,
@@ -80,7 +82,7 @@ class PreparedJob:
     store: DatasetStore
     entry: LedgerEntry
     dataset: OfflineDataset
-    forget_mask: np.ndarray
+    forget_mask: NDArray[Any]
 
 
 def check_startable(entry: LedgerEntry) -> None:
@@ -116,7 +118,7 @@ def check_forget_ids(store: DatasetStore, episode_ids: Sequence[str], request_id
 
 
 def forget_split(store: DatasetStore, episode_ids: Sequence[str], request_id: str,
-                 progress: bool = False) -> tuple[OfflineDataset, np.ndarray]:
+                 progress: bool = False) -> tuple[OfflineDataset, NDArray[Any]]:
     """The data a request is unlearned against and its forget mask.
 
     The request's own episodes (quarantined or not) are the forget set; every other quarantined
@@ -254,7 +256,7 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
 
 
-def _publish(learner: Learner, dataset: OfflineDataset, forget_mask: np.ndarray, registry: PolicyRegistry,
+def _publish(learner: Learner, dataset: OfflineDataset, forget_mask: NDArray[Any], registry: PolicyRegistry,
              signing_key: SigningKey, parent: str | None, request_id: str, method: str,
              metrics: dict[str, float], checkpoint: CheckpointRecord) -> ArtifactManifest:
     """Export the learner's deployable policy, check it on real and synthetic observations, publish it."""

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
 from saferule_core.algos.base import Learner
@@ -118,7 +119,7 @@ def _observation_input_layers(learner: Learner) -> list[nn.Module]:
     return list(layers.values())
 
 
-def _rewrite_first_columns(layer: nn.Module, obs_dim: int, scale: np.ndarray, shift: np.ndarray) -> None:
+def _rewrite_first_columns(layer: nn.Module, obs_dim: int, scale: NDArray[Any], shift: NDArray[Any]) -> None:
     """W_obs <- W_obs diag(scale), b <- b + W_obs shift for the first `obs_dim` inputs of `layer`."""
     weight = cast(torch.Tensor, layer.weight)
     bias = cast("torch.Tensor | None", layer.bias)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from saferule_core.algos.base import Learner, Metrics
 from saferule_core.algos.batch import BatchSampler
@@ -33,12 +35,12 @@ class ForgetSplit:
     """`dataset` split by an episode mask into what is kept and what is forgotten."""
 
     dataset: OfflineDataset
-    forget_mask: np.ndarray
+    forget_mask: NDArray[Any]
     retained: OfflineDataset
     forget: OfflineDataset
 
     @classmethod
-    def of(cls, dataset: OfflineDataset, forget_mask: np.ndarray) -> ForgetSplit:
+    def of(cls, dataset: OfflineDataset, forget_mask: NDArray[Any]) -> ForgetSplit:
         mask = np.asarray(forget_mask, dtype=bool)
         return cls(dataset, mask, dataset.subset_episodes(~mask), dataset.subset_episodes(mask))
 
@@ -103,7 +105,7 @@ class Session:
         self.report_progress(stage, fraction, averaged)
 
 
-def _sample_rows(rows: int, seed: int) -> np.ndarray:
+def _sample_rows(rows: int, seed: int) -> NDArray[Any]:
     if rows <= MAX_SCORED_STATES:
         return np.arange(rows)
     return np.sort(np.random.default_rng(seed).choice(rows, MAX_SCORED_STATES, replace=False))
@@ -126,7 +128,7 @@ class ScoringStates:
         starts = starts[_sample_rows(starts.shape[0], seed)]
         rows = _sample_rows(split.forget.num_transitions, seed)
 
-        def tensor(array: np.ndarray) -> torch.Tensor:
+        def tensor(array: NDArray[Any]) -> torch.Tensor:
             return torch.from_numpy(array).to(device)
 
         return cls(tensor(stats.normalize_observations(starts)),
