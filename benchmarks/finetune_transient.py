@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from dev_unlearning import RESULTS, WORK  # noqa: E402
+from dev_unlearning import REGIME_RESULTS, RESULTS, WORK  # noqa: E402
 from regime import dataset_for, poison  # noqa: E402
 from stamp import run_stamp  # noqa: E402
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if sorted(args.marks) != args.marks or args.marks[0] < 1:
         parser.error("--marks must be increasing positive update counts")
     argv = list(sys.argv[1:] if argv is None else argv)
-    regime_file = RESULTS.parent / "regime" / f"{args.regime}.json"
+    regime_file = REGIME_RESULTS / f"{args.regime}.json"
     if not regime_file.is_file():
         parser.error(f"no regime results {regime_file}")
     regime = json.loads(regime_file.read_text())

@@ -111,9 +111,16 @@ class EnsembleLinear(nn.Module):
         self.members = members
         self.in_features = in_features
         self.out_features = out_features
-        bound = 1.0 / math.sqrt(in_features)
-        self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound))
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_features))
+        self.init_members()
+
+    @torch.no_grad()
+    def init_members(self, members: slice = slice(None), generator: torch.Generator | None = None) -> None:
+        """Draw these members' weights afresh (uniform in +-1/sqrt(in), weight then bias)."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight[members].uniform_(-bound, bound, generator=generator)
+        self.bias[members].uniform_(-bound, bound, generator=generator)
 
     def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
         weight: torch.Tensor = self.weight

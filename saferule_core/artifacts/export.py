@@ -10,7 +10,7 @@ import contextlib
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,7 +122,7 @@ def _torch_actions(module: torch.nn.Module, observations: NDArray[Any], act_dim:
 
 
 def export_onnx(module: torch.nn.Module, obs_dim: int, act_dim: int, path: Path,
-                action_low: NDArray[Any] | list[float], action_high: NDArray[Any] | list[float],
+                action_low: NDArray[Any] | Sequence[float], action_high: NDArray[Any] | Sequence[float],
                 check_batch: NDArray[Any] | None = None, atol: float = 1e-5,
                 latency_runs: int = LATENCY_RUNS) -> ExportReport:
     """Export `module` (raw observations float32 [B, obs_dim] -> actions [B, act_dim]) to `path`.
@@ -167,7 +167,7 @@ def export_and_publish(module: torch.nn.Module, fields: ManifestFields, registry
     (and, with `checkpoint`, the trained model it came from: artifacts.lineage)."""
     with tempfile.TemporaryDirectory(prefix="saferule-export-") as tmp:
         report = export_onnx(module, fields.obs_dim, fields.act_dim, Path(tmp) / ONNX_FILE,
-                             list(fields.action_low), list(fields.action_high), check_batch=check_batch, atol=atol)
+                             fields.action_low, fields.action_high, check_batch=check_batch, atol=atol)
         metrics: Mapping[str, float] = {**fields.metrics, **report.as_metrics()}
         manifest = registry.publish(report.path, replace(fields, metrics=metrics), signing_key, checkpoint)
     return replace(report, path=registry.path(manifest.version) / ONNX_FILE), manifest

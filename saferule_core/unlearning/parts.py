@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -173,11 +172,9 @@ class ModelParts:
         for layer, target in zip(self.critics.modules(), self.critics_target.modules()):
             if not isinstance(layer, EnsembleLinear):
                 continue
-            bound = 1.0 / math.sqrt(layer.in_features)
+            layer.init_members(members, generator)
             for name in ("weight", "bias"):
-                fresh = torch.empty_like(getattr(layer, name)[members]).uniform_(-bound, bound, generator=generator)
-                getattr(layer, name)[members] = fresh
-                getattr(target, name)[members] = fresh
+                getattr(target, name)[members] = getattr(layer, name)[members]
         self.critic_optimizer.state.clear()
 
     def behaviour_scores(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

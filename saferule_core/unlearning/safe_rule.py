@@ -212,7 +212,7 @@ def run_safe_rule(session: Session) -> MethodOutcome:
 
     learner.train_mode(True)
     if cfg.reset_critics != "none" and parts.has_critics:
-        assert parts.reward_members is not None and parts.cost_members is not None
+        assert parts.cost_members is not None
         members = parts.cost_members if cfg.reset_critics == "cost" else slice(None)
         parts.reset_critic_members(members, generator)
     # Refit: the critics (and the multiplier) learn the retained data's values of the current policy

@@ -349,8 +349,7 @@ def assert_stopped_cleanly(launch: Launch, signalled_at: float, pids: set[int]) 
     # A node whose exit launch could not observe (UNOBSERVED_EXIT) must still have gone through its own
     # signal handling ("SIGINT: stopping" in its output) and be reported gone in time.
     unobserved = {int(pid) for pid in UNOBSERVED_EXIT.findall(text)} & pids
-    labels = {pid: found["process"] for _, line in launch.lines if (found := STARTED.match(line))
-              for pid in [int(found["pid"])]}
+    labels = {int(found["pid"]): found["process"] for _, line in launch.lines if (found := STARTED.match(line))}
     for pid in unobserved:
         assert re.search(rf"^\[{re.escape(labels[pid])}\] .*SIGINT: stopping$", text, re.M), \
             f"{labels[pid]} (pid {pid}) shows no clean stop:\n{text[-6000:]}"
