@@ -35,6 +35,8 @@ def _check_fraction(owner: str, name: str, value: float, *, open_top: bool = Fal
 
 
 CRITIC_RESETS: tuple[str, ...] = ("none", "cost", "all")
+SELECTION_SCORES: tuple[str, ...] = ("critic", "model")
+SNAPSHOT_PHASES: tuple[str, ...] = ("repair", "suppress")
 
 
 @dataclass
@@ -71,6 +73,13 @@ class SafeRuleConfig:
     temperature: float = 0.1           # tau, relative to each hinge's unit
     reset_critics: str = "none"        # one of CRITIC_RESETS: critic members re-initialised before the refit
     select_every: int = 25             # snapshot spacing for the offline checkpoint choice (0: keep the last)
+    select_from: str = "repair"        # one of SNAPSHOT_PHASES: snapshots from the repair only, or from suppression on
+    # How the checkpoint choice scores a candidate's reward (its cost is always the final cost critics'
+    # value): "critic" = Q_r at retained start states; "model" = the return of rollouts in a dynamics
+    # model fitted on the retained data (unlearning/dynamics.py), which sees a stopped policy.
+    select_by: str = "critic"
+    model_updates: int = 1500          # training updates of the dynamics model ("model" only)
+    model_starts: int = 64             # simulated episodes per candidate ("model" only)
 
     def validate(self) -> None:
         _check_fraction("safe_rule", "repair_fraction", self.repair_fraction, open_top=True)
@@ -90,6 +99,13 @@ class SafeRuleConfig:
                                   f"got {self.reset_critics!r}")
         if isinstance(self.select_every, bool) or not isinstance(self.select_every, int) or self.select_every < 0:
             raise UnlearningError(f"safe_rule.select_every must be a non-negative integer, got {self.select_every!r}")
+        for name, allowed in (("select_from", SNAPSHOT_PHASES), ("select_by", SELECTION_SCORES)):
+            if getattr(self, name) not in allowed:
+                raise UnlearningError(f"safe_rule.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("model_updates", "model_starts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UnlearningError(f"safe_rule.{name} must be a positive integer, got {value!r}")
 
 
 @dataclass

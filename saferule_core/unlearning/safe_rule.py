@@ -9,15 +9,19 @@ so the Lagrange multiplier keeps adapting on retained states and no learner loss
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from saferule_core.algos.base import resolve_episode_len
 from saferule_core.algos.batch import Batch
+from saferule_core.errors import TaskError
+from saferule_core.tasks.spec import get_task
 from saferule_core.unlearning.config import SafeRuleConfig
+from saferule_core.unlearning.dynamics import DynamicsSettings, fit_dynamics, rollout_returns, rollout_starts
 from saferule_core.unlearning.methods import MethodOutcome
 from saferule_core.unlearning.parts import (
     ModelParts,
@@ -206,8 +210,10 @@ def run_safe_rule(session: Session) -> MethodOutcome:
     selecting = parts.has_critics and cfg.select_every > 0
     snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]] = []
 
+    first_snapshot = suppress_steps if cfg.select_from == "repair" else refit_steps
+
     def maybe_snapshot(step: int) -> None:
-        if selecting and step >= suppress_steps and (step == total or (step - suppress_steps) % cfg.select_every == 0):
+        if selecting and step >= first_snapshot and (step == total or (step - first_snapshot) % cfg.select_every == 0):
             snapshots.append((step, network_state(learner)))
 
     learner.train_mode(True)
@@ -240,16 +246,23 @@ def run_safe_rule(session: Session) -> MethodOutcome:
 
 def _choose_checkpoint(session: Session, parts: ModelParts,
                        snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]]) -> int:
-    """Score every snapshot's policy with the final critics on retained initial states: among those
-    with cost value <= q*, the highest reward value; if none is within q*, the lowest cost value.
+    """Score every snapshot's policy on retained initial states: its cost value by the final critics
+    (the ones trained longest on retained data, one yardstick for all), its reward by the final reward
+    critics or, with select_by "model", by rollouts in a dynamics model of the retained data. Among
+    those with cost value <= q*, the highest reward; if none is within q*, the lowest cost value.
     Loads the chosen snapshot into the learner and returns its step."""
+    cfg = session.config.safe_rule
     states = ScoringStates.of(session.learner, session.split, session.config.seed)
     candidate = clone_learner(session.learner)
     candidate_parts = model_parts(candidate)
+    simulate = _model_scorer(session) if cfg.select_by == "model" else None
     scores = []
     for _step, state in snapshots:
         load_network_state(candidate, state)
-        scores.append(offline_estimates(parts, states, policy=candidate_parts))
+        score = offline_estimates(parts, states, policy=candidate_parts)
+        if simulate is not None:
+            score["reward_value"], score["model_cost_return"] = simulate(candidate_parts)
+        scores.append(score)
     cost = np.array([s["cost_value"] for s in scores])
     reward = np.array([s["reward_value"] for s in scores])
     threshold = float(parts.q_threshold or 0.0)
@@ -261,3 +274,23 @@ def _choose_checkpoint(session: Session, parts: ModelParts,
                             "selected_reward_value": float(reward[best]), "selected_cost_value": float(cost[best]),
                             "candidates": float(len(snapshots)), "candidates_within_threshold": float(within.sum())})
     return step
+
+
+def _model_scorer(session: Session) -> Callable[[ModelParts], tuple[float, float]]:
+    """Fit a dynamics model on the retained data; return a scorer of a policy's simulated
+    (reward, cost) return over the task's episode length, with its start-state perturbation."""
+    cfg, learner, retained = session.config.safe_rule, session.learner, session.split.retained
+    model = fit_dynamics(retained, learner.info.stats, DynamicsSettings(updates=cfg.model_updates),
+                         seed=session.config.seed, device=learner.device)
+    try:
+        random_steps = get_task(learner.info.task).eval_random_start_steps
+    except TaskError:
+        random_steps = 0
+    steps = resolve_episode_len(0, retained)
+    starts = rollout_starts(retained, learner.info.stats, cfg.model_starts, steps, min(random_steps, steps),
+                            learner.info.act_dim, session.config.seed, learner.device)
+
+    def simulate(policy: ModelParts) -> tuple[float, float]:
+        return rollout_returns(model, policy.policy_actions, starts)
+
+    return simulate

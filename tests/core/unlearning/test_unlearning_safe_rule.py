@@ -218,3 +218,46 @@ def test_reset_critic_members_redraws_only_those_members_and_their_targets(train
     obs = torch.zeros(4, learner.info.obs_dim)
     act = torch.zeros(4, learner.info.act_dim)
     assert torch.isfinite(parts.q_values(obs, act)).all()
+
+
+def test_model_scored_choice_ranks_reward_by_rollouts_and_cost_by_the_critics(
+        trained: dict[str, Learner], dataset: OfflineDataset, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import saferule_core.unlearning.safe_rule as safe_rule_module
+
+    threshold = model_parts(trained["bcq_lag"]).q_threshold
+    assert threshold is not None and threshold > 0
+    critic_scores = [(9.0, 0.5 * threshold), (1.0, 0.5 * threshold), (5.0, 2.0 * threshold)]
+    rollout_scores = [(1.0, 0.0), (8.0, 0.0), (20.0, 0.0)]     # the critic's favourite has stopped
+    monkeypatch.setattr(safe_rule_module, "offline_estimates",
+                        lambda *args, **kwargs: dict(zip(("reward_value", "cost_value"), critic_scores.pop(0))))
+    monkeypatch.setattr(safe_rule_module, "rollout_returns", lambda *args, **kwargs: rollout_scores.pop(0))
+    config = small_config(steps=20, safe_rule={"select_every": 5, "repair_fraction": 0.5, "select_by": "model",
+                                               "model_updates": 5, "model_starts": 4})   # snapshots at 10, 15, 20
+    seed_everything(0)
+    _, report = unlearn(trained["bcq_lag"], dataset, forget_mask_of(dataset), "safe_rule", config)
+    choice = next(h for h in report.history if "selected_step" in h)
+    # the third has the best simulated reward but is over the cost threshold: the second is chosen
+    assert (choice["selected_step"], choice["selected_reward_value"]) == (15.0, 8.0)
+    assert not critic_scores and not rollout_scores
+
+
+def test_snapshots_from_suppression_on_widen_the_candidates(trained: dict[str, Learner], dataset: OfflineDataset) -> None:
+    import pytest
+
+    from saferule_core.errors import UnlearningError
+    from saferule_core.unlearning.config import SafeRuleConfig
+
+    def candidates(select_from: str) -> float:
+        config = small_config(steps=20, safe_rule={"select_every": 2, "repair_fraction": 0.2,
+                                                   "critic_refit_fraction": 0.2, "select_from": select_from})
+        seed_everything(0)
+        _, report = unlearn(trained["bcq_lag"], dataset, forget_mask_of(dataset), "safe_rule", config)
+        return next(h for h in report.history if "selected_step" in h)["candidates"]
+
+    assert candidates("repair") == 3.0          # steps 16, 18, 20
+    # steps 6, 8, ..., 20: the end of the refit (step 4) still has the poisoned actor, never a candidate
+    assert candidates("suppress") == 8.0
+    with pytest.raises(UnlearningError, match="select_by must be one of critic, model"):
+        SafeRuleConfig(select_by="oracle").validate()
+    with pytest.raises(UnlearningError, match="model_starts must be a positive integer"):
+        SafeRuleConfig(model_starts=0).validate()
