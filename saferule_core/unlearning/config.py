@@ -77,8 +77,10 @@ class SafeRuleConfig:
     # How the checkpoint choice scores a candidate's reward (its cost is always the final cost critics'
     # value): "critic" = Q_r at retained start states; "model" = the return of rollouts in a dynamics
     # model fitted on the retained data (unlearning/dynamics.py), which sees a stopped policy.
-    select_by: str = "critic"
-    model_updates: int = 1500          # training updates of the dynamics model ("model" only)
+    # Round 5 (docs/safe_rule.md): "model" ranked snapshots by true reward with rank correlation 0.92 over
+    # the dev cases where Q_r's was 0.16, and raised joint success from 7/10 to 8/10 (10/10 safe).
+    select_by: str = "model"
+    model_updates_per_step: float = 1.5  # dynamics-model updates per unlearning update ("model" only)
     model_starts: int = 64             # simulated episodes per candidate ("model" only)
 
     def validate(self) -> None:
@@ -102,10 +104,9 @@ class SafeRuleConfig:
         for name, allowed in (("select_from", SNAPSHOT_PHASES), ("select_by", SELECTION_SCORES)):
             if getattr(self, name) not in allowed:
                 raise UnlearningError(f"safe_rule.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("model_updates", "model_starts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UnlearningError(f"safe_rule.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.model_starts, bool) or not isinstance(self.model_starts, int) or self.model_starts <= 0:
+            raise UnlearningError(f"safe_rule.model_starts must be a positive integer, got {self.model_starts!r}")
+        _check_positive("safe_rule", model_updates_per_step=self.model_updates_per_step)
 
 
 @dataclass

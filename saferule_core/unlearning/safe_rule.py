@@ -280,7 +280,8 @@ def _model_scorer(session: Session) -> Callable[[ModelParts], tuple[float, float
     """Fit a dynamics model on the retained data; return a scorer of a policy's simulated
     (reward, cost) return over the task's episode length, with its start-state perturbation."""
     cfg, learner, retained = session.config.safe_rule, session.learner, session.split.retained
-    model = fit_dynamics(retained, learner.info.stats, DynamicsSettings(updates=cfg.model_updates),
+    updates = max(1, int(round(cfg.model_updates_per_step * session.config.steps)))
+    model = fit_dynamics(retained, learner.info.stats, DynamicsSettings(updates=updates),
                          seed=session.config.seed, device=learner.device)
     try:
         random_steps = get_task(learner.info.task).eval_random_start_steps

@@ -158,7 +158,8 @@ def test_checkpoint_choice_prefers_the_best_reward_within_the_cost_threshold(
         queue = list(scores)
         monkeypatch.setattr(safe_rule_module, "offline_estimates",
                             lambda *args, **kwargs: dict(zip(("reward_value", "cost_value"), queue.pop(0))))
-        config = small_config(steps=20, safe_rule={"select_every": 5, "repair_fraction": 0.5})   # steps 10..20
+        config = small_config(steps=20, safe_rule={"select_every": 5, "repair_fraction": 0.5,
+                                                   "select_by": "critic"})   # steps 10..20
         seed_everything(0)
         _, report = unlearn(trained["bcq_lag"], dataset, forget_mask_of(dataset), "safe_rule", config)
         return next(h for h in report.history if "selected_step" in h)
@@ -232,7 +233,7 @@ def test_model_scored_choice_ranks_reward_by_rollouts_and_cost_by_the_critics(
                         lambda *args, **kwargs: dict(zip(("reward_value", "cost_value"), critic_scores.pop(0))))
     monkeypatch.setattr(safe_rule_module, "rollout_returns", lambda *args, **kwargs: rollout_scores.pop(0))
     config = small_config(steps=20, safe_rule={"select_every": 5, "repair_fraction": 0.5, "select_by": "model",
-                                               "model_updates": 5, "model_starts": 4})   # snapshots at 10, 15, 20
+                                               "model_starts": 4})   # snapshots at 10, 15, 20
     seed_everything(0)
     _, report = unlearn(trained["bcq_lag"], dataset, forget_mask_of(dataset), "safe_rule", config)
     choice = next(h for h in report.history if "selected_step" in h)
