@@ -72,6 +72,7 @@ class SafeRuleConfig:
     behaviour_quantile: float = 0.9    # eps* = this quantile of the behaviour model's score on retained data
     temperature: float = 0.1           # tau, relative to each hinge's unit
     reset_critics: str = "none"        # one of CRITIC_RESETS: critic members re-initialised before the refit
+    reset_actor: bool = False          # BCQ-Lag: the actor starts again from "no perturbation" before the refit
     select_every: int = 25             # snapshot spacing for the offline checkpoint choice (0: keep the last)
     select_from: str = "repair"        # one of SNAPSHOT_PHASES: snapshots from the repair only, or from suppression on
     # How the checkpoint choice scores a candidate's reward (its cost is always the final cost critics'
@@ -101,6 +102,8 @@ class SafeRuleConfig:
                                   f"got {self.reset_critics!r}")
         if isinstance(self.select_every, bool) or not isinstance(self.select_every, int) or self.select_every < 0:
             raise UnlearningError(f"safe_rule.select_every must be a non-negative integer, got {self.select_every!r}")
+        if not isinstance(self.reset_actor, bool):
+            raise UnlearningError(f"safe_rule.reset_actor must be true or false, got {self.reset_actor!r}")
         for name, allowed in (("select_from", SNAPSHOT_PHASES), ("select_by", SELECTION_SCORES)):
             if getattr(self, name) not in allowed:
                 raise UnlearningError(f"safe_rule.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -137,6 +137,7 @@ class ModelParts:
     behaviour_optimizer: torch.optim.Optimizer | None = None
     q_threshold: float | None = None
     critics_target: nn.Module | None = None
+    actor_target: nn.Module | None = None
 
     @property
     def has_critics(self) -> bool:
@@ -177,6 +178,24 @@ class ModelParts:
                 getattr(target, name)[members] = getattr(layer, name)[members]
         self.critic_optimizer.state.clear()
 
+    @torch.no_grad()
+    def reset_actor_to_behaviour(self, generator: torch.Generator) -> None:
+        """BCQ-Lag's perturbation actor re-drawn with a zero output layer: it perturbs nothing, so the
+        policy is the behaviour model's proposals chosen among by the critics. The same in the target
+        actor, and Adam restarted for the actor."""
+        if not isinstance(self.learner, BCQLag) or self.actor_target is None:
+            raise UnlearningError("resetting the actor needs a BCQ-Lag model (its behaviour model proposes the "
+                                  f"actions while the actor learns again), not {self.learner.info.algo}")
+        layers = [module for module in self.actor.modules() if isinstance(module, nn.Linear)]
+        for layer in layers[:-1]:
+            bound = 1.0 / layer.in_features ** 0.5
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+        layers[-1].weight.zero_()
+        layers[-1].bias.zero_()
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        self.actor_optimizer.state.clear()
+
     def behaviour_scores(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """How far the behaviour model is from proposing each (s, a), and the same measure for data
         it has learned well, both [B]. BCQ-Lag's policy starts from the decoder's z = 0 action, so
@@ -202,7 +221,7 @@ def model_parts(learner: Learner) -> ModelParts:
     if isinstance(learner, BCQLag):
         return ModelParts(learner, learner.actor, learner.actor_optim, learner.critics, learner.critic_optim,
                           REWARD_MEMBERS, COST_MEMBERS, learner.vae, learner.vae_optim, learner.q_threshold,
-                          learner.critics_target)
+                          learner.critics_target, learner.actor_target)
     if isinstance(learner, CPQ):
         return ModelParts(learner, learner.actor, learner.actor_optim, learner.critics, learner.critic_optim,
                           learner.reward_members, learner.cost_members, learner.vae, learner.vae_optim,

@@ -221,6 +221,8 @@ def run_safe_rule(session: Session) -> MethodOutcome:
         assert parts.cost_members is not None
         members = parts.cost_members if cfg.reset_critics == "cost" else slice(None)
         parts.reset_critic_members(members, generator)
+    if cfg.reset_actor:
+        parts.reset_actor_to_behaviour(generator)
     # Refit: the critics (and the multiplier) learn the retained data's values of the current policy
     # before the actor moves on them; the forget terms wait for the actor.
     with held_still(parts.actor_optimizer):

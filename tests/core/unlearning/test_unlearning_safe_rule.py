@@ -262,3 +262,24 @@ def test_snapshots_from_suppression_on_widen_the_candidates(trained: dict[str, L
         SafeRuleConfig(select_by="oracle").validate()
     with pytest.raises(UnlearningError, match="model_starts must be a positive integer"):
         SafeRuleConfig(model_starts=0).validate()
+
+
+def test_reset_actor_to_behaviour_perturbs_nothing_and_needs_a_bcq_model(trained: dict[str, Learner]) -> None:
+    import pytest
+
+    from saferule_core.errors import UnlearningError
+    from saferule_core.unlearning.config import SafeRuleConfig
+    from saferule_core.unlearning.parts import clone_learner
+
+    parts = model_parts(clone_learner(trained["bcq_lag"]))
+    assert parts.actor_target is not None
+    obs, proposals = torch.randn(16, 7), torch.rand(16, 2) * 1.6 - 0.8
+    assert not torch.allclose(parts.actor(obs, proposals), proposals)      # a trained actor perturbs
+    parts.reset_actor_to_behaviour(torch.Generator().manual_seed(0))
+    assert torch.equal(parts.actor(obs, proposals), proposals)
+    assert torch.equal(parts.actor_target(obs, proposals), proposals)
+    assert not parts.actor_optimizer.state
+    with pytest.raises(UnlearningError, match="needs a BCQ-Lag model"):
+        model_parts(clone_learner(trained["cpq"])).reset_actor_to_behaviour(torch.Generator())
+    with pytest.raises(UnlearningError, match="reset_actor must be true or false"):
+        SafeRuleConfig(reset_actor="yes").validate()  # type: ignore[arg-type]
