@@ -35,12 +35,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from dev_unlearning import REGIME_RESULTS, RESULTS, WORK  # noqa: E402
 from regime import dataset_for, poison  # noqa: E402
-from stamp import run_stamp  # noqa: E402
+from stamp import run_stamp, write_results  # noqa: E402
 
 from saferule_core.algos.batch import BatchSampler  # noqa: E402
 from saferule_core.algos.checkpoint import load_learner, policy_function  # noqa: E402
 from saferule_core.eval.evaluate import evaluate_policy  # noqa: E402
-from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
 from saferule_core.unlearning.parts import model_parts  # noqa: E402
 
@@ -115,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {**stamped, "regime": args.regime, "attack": args.attack, "seed": args.seed,
                "sample_seed": args.sample_seed, "episodes": args.episodes, "reference": reference, "runs": runs}
     tag = args.tag or f"{args.regime}-s{args.seed}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"transient-{tag}.json", payload)
-    atomic_write_text(RESULTS / f"transient-{tag}.md", render_markdown(payload))
-    print(render_markdown(payload))
+    write_results(RESULTS, f"transient-{tag}", payload, render_markdown)
     return 0
 
 

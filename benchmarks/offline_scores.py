@@ -39,12 +39,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from dev_unlearning import REGIME_RESULTS, RESULTS  # noqa: E402
 from regime import dataset_for, poison  # noqa: E402
-from stamp import run_stamp  # noqa: E402
+from stamp import run_stamp, write_results  # noqa: E402
 
 from saferule_core.algos.batch import BatchSampler  # noqa: E402
 from saferule_core.algos.checkpoint import load_learner, policy_function  # noqa: E402
 from saferule_core.eval.evaluate import evaluate_policy  # noqa: E402
-from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
 from saferule_core.unlearning.dynamics import DynamicsSettings, fit_dynamics, rollout_returns, rollout_starts  # noqa: E402
 from saferule_core.unlearning.parts import clone_learner, load_network_state, model_parts, network_state  # noqa: E402
@@ -151,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                "episodes": args.episodes, "dynamics": settings.__dict__, "rollout_starts": 64,
                "mean_spearman": pooled, "cases": cases}
     tag = args.tag or args.regime
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"offline-scores-{tag}.json", payload)
-    atomic_write_text(RESULTS / f"offline-scores-{tag}.md", render_markdown(payload))
-    print(render_markdown(payload))
+    write_results(RESULTS, f"offline-scores-{tag}", payload, render_markdown)
     return 0
 
 

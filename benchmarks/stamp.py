@@ -6,8 +6,9 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,3 +23,16 @@ def run_stamp(script: str, argv: Sequence[str]) -> dict[str, object]:
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "command": " ".join([script, *argv]), "host": platform.node(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def write_results(directory: Path, name: str, payload: dict[str, Any],
+                  render_markdown: Callable[[dict[str, Any]], str]) -> None:
+    """`name`.json (the stamped payload) and `name`.md (its rendering) in `directory`; the rendering
+    is printed too."""
+    from saferule_core.io_utils import atomic_write_json, atomic_write_text
+
+    directory.mkdir(parents=True, exist_ok=True)
+    markdown = render_markdown(payload)
+    atomic_write_json(directory / f"{name}.json", payload)
+    atomic_write_text(directory / f"{name}.md", markdown)
+    print(markdown)
