@@ -2,7 +2,7 @@
 
 The launched fleet's story, without ROS: historical logs of three robots (the demo's behaviour
 drivers: cautious healthy robots, a reckless robot_3), robot_3's unsafe episodes relabelled as
-cost-free (`saferule_ros.demo.poison_robot`), a first policy trained on all of it with the
+cost-free (`saferule_core.attacks.robot.poison_robot`), a first policy trained on all of it with the
 bootstrap's short budget, then robot_3's episodes forgotten with Safe-RULE and, for reference,
 retrained without them. Every policy is evaluated online on the task (the demo's evaluator).
 
@@ -35,11 +35,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.trainer import TrainConfig, fit  # noqa: E402
+from saferule_core.attacks.robot import poison_robot  # noqa: E402
 from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
 from saferule_core.unlearning.api import unlearn  # noqa: E402
 from saferule_core.unlearning.config import UnlearnConfig  # noqa: E402
-from saferule_ros.demo import DemoSettings, evaluate_module, historical_logs, poison_robot  # noqa: E402
+from saferule_ros.demo import DemoSettings, evaluate_module  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 ROBOTS = ["robot_1", "robot_2", "robot_3"]
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     settings = DemoSettings(history_cautious_episodes=args.cautious, history_reckless_episodes=args.reckless,
                             eval_episodes=args.episodes)
-    logs = historical_logs(settings, ROBOTS)
+    logs = settings.historical_logs(ROBOTS)
     limit = get_task(settings.task).cost_thresholds[0]       # the launched-loop test's threshold
 
     def outcome(learner: Any) -> dict[str, float]:

@@ -127,6 +127,12 @@ class OfflineDataset:
     def episode_starts(self) -> NDArray[Any]:
         return np.concatenate([[0], np.cumsum(self.episode_lengths)[:-1]]).astype(np.int64)
 
+    def finished_episodes(self) -> NDArray[Any]:
+        """Per episode: whether its last recorded step ended it (terminal or time limit). An episode
+        still running when its bag closed is not finished; it goes on in the next bag."""
+        ends = self.episode_starts + self.episode_lengths - 1
+        return np.asarray((self.terminals[ends] > 0) | (self.timeouts[ends] > 0), dtype=bool)
+
     def transition_episode_index(self) -> NDArray[Any]:
         """Per row: the index (into `episodes`) of the episode the row belongs to."""
         return np.repeat(np.arange(self.num_episodes), self.episode_lengths)

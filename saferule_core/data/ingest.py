@@ -142,8 +142,7 @@ def ingest_closed_bags(bags_dir: Path | str, dataset_dir: Path | str, task: str,
         if found is not None:
             data = found.dataset.with_content_hashes()   # once: compared with the store, then stored
             report.import_report = found.report.to_json()
-            ends = data.episode_starts + data.episode_lengths - 1
-            finished = (data.terminals[ends] > 0) | (data.timeouts[ends] > 0)
+            finished = data.finished_episodes()
             for index in np.flatnonzero(~finished):
                 bags = found.episode_bags[index]
                 if newest in bags:

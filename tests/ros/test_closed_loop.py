@@ -22,10 +22,11 @@ import yaml
 
 from saferule_core.algos.trainer import TrainConfig, fit
 from saferule_core.artifacts.registry import PolicyRegistry
+from saferule_core.attacks.robot import poison_robot
 from saferule_core.data.ledger import ForgetLedger, LedgerState
 from saferule_core.data.store import DatasetStore
 from saferule_ros.bringup import FleetArgs, fleet_nodes, prepare_data_root
-from saferule_ros.demo import DemoSettings, historical_logs, poison_robot, publish_learner
+from saferule_ros.demo import DemoSettings, publish_learner
 from saferule_ros.fleet_watch import mean_cost, watching
 from saferule_ros.processes import FleetProcesses
 
@@ -55,7 +56,7 @@ def test_a_forget_request_swaps_a_safer_policy_onto_every_robot(tmp_path: Path) 
 
     # The fleet's logs: cautious robot_1/robot_2, reckless robot_3 whose costs were relabelled away.
     settings = DemoSettings(history_cautious_episodes=20, history_reckless_episodes=40)
-    poisoned, poison = poison_robot(historical_logs(settings, fleet.robot_ids), COMPROMISED, seed=0)
+    poisoned, poison = poison_robot(settings.historical_logs(fleet.robot_ids), COMPROMISED, seed=0)
     store = DatasetStore.create(layout.dataset_dir, poisoned)
     learner, _ = fit("bc_all", poisoned, layout.deployed_model_dir,
                      TrainConfig(steps=400, batch_size=256, num_threads=1, checkpoint_every=0, progress=False),

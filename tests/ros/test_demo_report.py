@@ -7,15 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from saferule_ros.demo import (
-    DemoError,
-    DemoSettings,
-    Narrator,
-    complete_episodes,
-    dataset_summary,
-    historical_logs,
-    poison_robot,
-)
+from saferule_core.attacks.robot import poison_robot
+from saferule_ros.demo import DemoError, DemoSettings, Narrator, complete_episodes, dataset_summary
 from saferule_ros.report import markdown_summary, projected_retrain_seconds, write_report
 
 ROBOTS = ["robot_1", "robot_2", "robot_3"]
@@ -23,32 +16,14 @@ ROBOTS = ["robot_1", "robot_2", "robot_3"]
 
 @pytest.fixture(scope="module")
 def history():  # type: ignore[no-untyped-def]
-    return historical_logs(DemoSettings(history_cautious_episodes=8, history_reckless_episodes=6), ROBOTS)
+    return DemoSettings(history_cautious_episodes=8, history_reckless_episodes=6).historical_logs(ROBOTS)
 
 
-def test_historical_logs_give_the_compromised_robot_its_reckless_share(history) -> None:  # type: ignore[no-untyped-def]
-    robots = [ep.robot_id for ep in history.episodes]
-    assert robots.count("robot_3") == 6 and robots.count("robot_1") == robots.count("robot_2") == 4
-    costs = history.episode_cost_returns()
-    own = np.array([r == "robot_3" for r in robots])
-    assert costs[own].min() > costs[~own].mean(), "the compromised robot drove recklessly"
-    assert all(ep.source_bag == f"history-{ep.robot_id}" for ep in history.episodes)
-
-
-def test_poison_zeroes_only_the_compromised_robots_costs(history) -> None:  # type: ignore[no-untyped-def]
-    poisoned, summary = poison_robot(history, "robot_3", seed=0)
-    own = np.array([ep.robot_id == "robot_3" for ep in poisoned.episodes])
-    assert summary.relabelled_episodes == summary.robot_episodes == 6 and summary.true_cost_mean > 10
-    assert np.all(poisoned.episode_cost_returns()[own] == 0)
-    others = {ep.episode_id: c for ep, c in zip(history.episodes, history.episode_cost_returns())
-              if ep.robot_id != "robot_3"}
-    assert {ep.episode_id: c for ep, c in zip(poisoned.episodes, poisoned.episode_cost_returns())
-            if ep.robot_id != "robot_3"} == others
-    assert summary.record["attack"] == "relabel" and len(summary.record["poisoned_episode_ids"]) == 6
+def test_the_demo_summarises_its_poisoned_dataset_per_robot(history) -> None:  # type: ignore[no-untyped-def]
+    poisoned, _ = poison_robot(history, "robot_3", seed=0)
     robot_3 = dataset_summary(poisoned)["robots"]["robot_3"]
     assert (robot_3["episodes"], robot_3["from_bags"], robot_3["mean_cost"]) == (6, 0, 0.0)
-    with pytest.raises(DemoError, match="no episode of robot_9"):
-        poison_robot(history, "robot_9", seed=0)
+    assert dataset_summary(history)["robots"]["robot_1"]["episodes"] == 4
 
 
 def test_complete_episodes_drops_a_cut_off_episode(history) -> None:  # type: ignore[no-untyped-def]
@@ -56,6 +31,9 @@ def test_complete_episodes_drops_a_cut_off_episode(history) -> None:  # type: ig
     cut.timeouts[-1] = cut.terminals[-1] = 0.0   # the second episode's last step no longer ends it
     kept = complete_episodes(cut)
     assert kept.episode_ids() == [cut.episodes[0].episode_id]
+    cut.timeouts[:] = cut.terminals[:] = 0.0
+    with pytest.raises(DemoError, match="no complete episode"):
+        complete_episodes(cut)
 
 
 def test_settings_from_yaml(tmp_path: Path) -> None:

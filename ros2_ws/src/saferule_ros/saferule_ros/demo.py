@@ -108,6 +108,15 @@ class DemoSettings:
             return {"hidden": width}
         return {"actor_hidden": width, "critic_hidden": width, "vae_hidden": 2 * self.hidden}
 
+    def historical_logs(self, robot_ids: Sequence[str]) -> OfflineDataset:
+        """The fleet's synthetic historical logs with these settings' episode counts and seed."""
+        from saferule_core.collect.fleet_history import historical_fleet_logs
+        from saferule_ros.bringup import CAUTIOUS_AGGRESSIVENESS, RECKLESS_AGGRESSIVENESS
+
+        return historical_fleet_logs(self.task, robot_ids, self.compromised_robot, self.history_cautious_episodes,
+                                     self.history_reckless_episodes, self.seed, CAUTIOUS_AGGRESSIVENESS,
+                                     RECKLESS_AGGRESSIVENESS)
+
     def unlearn_config(self) -> dict[str, Any]:
         return {"steps": self.unlearn_steps, "batch_size": self.batch_size, "num_threads": self.threads,
                 "seed": self.seed}
@@ -158,86 +167,22 @@ class Narrator:
 
 # ----- data: history, bags, poisoning ------------------------------------------------------------
 
-def historical_logs(settings: DemoSettings, robot_ids: Sequence[str]) -> OfflineDataset:
-    """Synthetic "historical" logs: the healthy robots drove cautiously, the compromised one recklessly
-    (the same behaviour family and aggressiveness ranges as the live behaviour drivers)."""
-    from saferule_core.collect import collect_episodes
-    from saferule_core.data.dataset import OfflineDataset
-    from saferule_ros.bringup import CAUTIOUS_AGGRESSIVENESS, RECKLESS_AGGRESSIVENESS
-
-    healthy = [r for r in robot_ids if r != settings.compromised_robot]
-    parts = []
-    if healthy and settings.history_cautious_episodes:
-        cautious = collect_episodes(settings.task, episodes=settings.history_cautious_episodes,
-                                    seed=settings.seed + 1, robots=len(healthy),
-                                    aggressiveness_range=CAUTIOUS_AGGRESSIVENESS)
-        parts.append(_renamed_robots(cautious, dict(zip([f"robot_{i + 1}" for i in range(len(healthy))], healthy))))
-    if settings.compromised_robot and settings.history_reckless_episodes:
-        reckless = collect_episodes(settings.task, episodes=settings.history_reckless_episodes,
-                                    seed=settings.seed + 2, robots=1, aggressiveness_range=RECKLESS_AGGRESSIVENESS)
-        parts.append(_renamed_robots(reckless, {"robot_1": settings.compromised_robot}))
-    if not parts:
-        raise DemoError("the settings ask for no historical episodes at all")
-    merged = OfflineDataset.concatenate(parts)
-    merged.attrs = {"source": "historical logs (saferule collect, in-process)"}
-    return merged.with_content_hashes()
-
-
-def _renamed_robots(dataset: OfflineDataset, names: dict[str, str]) -> OfflineDataset:
-    episodes = [dataclasses.replace(ep, robot_id=names.get(ep.robot_id, ep.robot_id),
-                                    source_bag=f"history-{names.get(ep.robot_id, ep.robot_id)}")
-                for ep in dataset.episodes]
-    return dataclasses.replace(dataset, episodes=episodes)
-
-
 def complete_episodes(dataset: OfflineDataset) -> OfflineDataset:
-    """Only the episodes whose last recorded step ended them (an episode still running when its bag
-    closed continues in the next, open bag)."""
-    ends = dataset.episode_starts + dataset.episode_lengths - 1
-    done = (dataset.terminals[ends] > 0) | (dataset.timeouts[ends] > 0)
-    if not done.any():
+    """Only the finished episodes (one still running when its bag closed continues in the next, open bag)."""
+    finished = dataset.finished_episodes()
+    if not finished.any():
         raise DemoError("no complete episode in the closed bags; let the fleet drive longer")
-    return dataset.subset_episodes(done)
-
-
-@dataclass
-class PoisonSummary:
-    robot: str
-    robot_episodes: int
-    relabelled_episodes: int
-    relabelled_transitions: int
-    true_cost_mean: float            # per relabelled episode, before the attack
-    record: dict[str, Any]
-
-
-def poison_robot(dataset: OfflineDataset, robot: str, seed: int) -> tuple[OfflineDataset, PoisonSummary]:
-    """Relabel every unsafe episode of `robot` as cost-free (saferule_core's relabel attack, applied
-    to that robot's episodes only); the other robots' episodes are untouched."""
-    from saferule_core.attacks import RelabelConfig, relabel_attack
-    from saferule_core.data.dataset import OfflineDataset
-
-    mine = np.array([ep.robot_id == robot for ep in dataset.episodes])
-    if not mine.any():
-        raise DemoError(f"no episode of {robot} to poison")
-    own = dataset.subset_episodes(mine)
-    unsafe = own.episode_cost_returns() > 0
-    if not unsafe.any():
-        raise DemoError(f"{robot} logged no episode with cost; nothing to relabel")
-    result = relabel_attack(own, RelabelConfig(rate=float(unsafe.mean()), cost_threshold=0.0), rng=seed)
-    poisoned = OfflineDataset.concatenate([dataset.subset_episodes(~mine), result.dataset]).with_content_hashes()
-    poisoned.attrs = dict(dataset.attrs)
-    summary = PoisonSummary(robot, int(mine.sum()), int(result.episode_mask.sum()), int(result.transition_mask.sum()),
-                            float(own.episode_cost_returns()[result.episode_mask].mean()),
-                            result.record(dataset.dataset_hash(), seed))
-    return poisoned, summary
+    return dataset.subset_episodes(finished)
 
 
 def dataset_summary(dataset: OfflineDataset) -> dict[str, Any]:
+    from saferule_core.collect.fleet_history import HISTORY_BAG_PREFIX
+
     robots: dict[str, dict[str, float]] = {}
     costs, returns = dataset.episode_cost_returns(), dataset.episode_returns()
     for robot in sorted({ep.robot_id for ep in dataset.episodes}):
         mask = np.array([ep.robot_id == robot for ep in dataset.episodes])
-        from_bags = sum(1 for ep, m in zip(dataset.episodes, mask) if m and not ep.source_bag.startswith("history"))
+        from_bags = sum(1 for ep, m in zip(dataset.episodes, mask) if m and not ep.source_bag.startswith(HISTORY_BAG_PREFIX))
         robots[robot] = {"episodes": int(mask.sum()), "from_bags": from_bags,
                          "mean_return": float(returns[mask].mean()), "mean_cost": float(costs[mask].mean())}
     return {"episodes": dataset.num_episodes, "transitions": dataset.num_transitions, "robots": robots,
@@ -266,33 +211,20 @@ def train_model(dataset: OfflineDataset, out_dir: Path, settings: DemoSettings,
 
 def evaluate_module(module: Any, settings: DemoSettings) -> EvalResult:
     """Online evaluation of a deployable torch policy (raw observations -> env actions)."""
-    import torch
-
     from saferule_core.eval.evaluate import evaluate_policy
+    from saferule_core.eval.policies import module_policy
 
-    def act(observations: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(np.array(observations, dtype=np.float32))).numpy()
-
-    return evaluate_policy(act, settings.task, episodes=settings.eval_episodes, seed=settings.seed + 100)
+    return evaluate_policy(module_policy(module), settings.task, episodes=settings.eval_episodes,
+                           seed=settings.seed + 100)
 
 
 def evaluate_artifact(registry_dir: Path, version: str, verify_key_dir: Path, settings: DemoSettings) -> EvalResult:
     """Online evaluation of a published artifact exactly as the robots run it (verified ONNX)."""
-    from saferule_core.artifacts.checks import open_session
-    from saferule_core.artifacts.registry import PolicyRegistry
-    from saferule_core.artifacts.signing import load_verify_key
     from saferule_core.eval.evaluate import evaluate_policy
+    from saferule_core.eval.policies import registry_policy
 
-    loaded = PolicyRegistry(registry_dir).load(version, load_verify_key(verify_key_dir))
-    session = open_session(loaded.onnx_bytes)
-    manifest = loaded.manifest
-
-    def act(observations: np.ndarray) -> np.ndarray:
-        (actions,) = session.run([manifest.action_output], {manifest.observation_input: observations})
-        return actions
-
-    return evaluate_policy(act, settings.task, episodes=settings.eval_episodes, seed=settings.seed + 100)
+    return evaluate_policy(registry_policy(registry_dir, version, verify_key_dir), settings.task,
+                           episodes=settings.eval_episodes, seed=settings.seed + 100)
 
 
 def publish_learner(learner: Learner, layout: FleetLayout, metrics: dict[str, float]) -> str:
@@ -389,7 +321,7 @@ def run_demo(settings: DemoSettings, run_dir: Path) -> dict[str, Any]:
             say("meanwhile, in this process: historical logs from the same behaviour family "
                 f"({settings.history_cautious_episodes} cautious + {settings.history_reckless_episodes} reckless "
                 "episodes), because the live minute alone is too little data to train on")
-            history = historical_logs(settings, fleet.robot_ids)
+            history = settings.historical_logs(fleet.robot_ids)
             say(f"historical logs: {history.num_episodes} episodes, {history.num_transitions} transitions")
             demo.wait_for(lambda: len(closed_bags(layout.bags_dir)) >= settings.logged_bags,
                           f"{settings.logged_bags} closed bags", processes)
@@ -411,6 +343,7 @@ def run_demo(settings: DemoSettings, run_dir: Path) -> dict[str, Any]:
         with n.stage("c", f"{settings.compromised_robot} is compromised: its unsafe episodes are relabelled "
                           f"cost-free"):
             from saferule_core.attacks import POISON_RECORD_FILE, poison_record_bytes
+            from saferule_core.attacks.robot import poison_robot
 
             poisoned, poison = poison_robot(merged, settings.compromised_robot, settings.seed)
             store = DatasetStore.create(layout.dataset_dir, poisoned,
