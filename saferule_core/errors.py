@@ -50,3 +50,7 @@ class EvaluationError(SafeRuleError):
 
 class AttackError(SafeRuleError):
     """An attack cannot be applied to this dataset with this configuration."""
+
+
+class ForgetRequestError(SafeRuleError):
+    """A forget request names a dataset or request that is not there, or not allowed (outside the data root)."""

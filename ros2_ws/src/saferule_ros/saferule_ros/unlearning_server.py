@@ -36,14 +36,12 @@ Crash tests: with the environment variable SAFERULE_CRASH_AT=<stage> the server 
 
 from __future__ import annotations
 
-import itertools
 import os
-import re
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +53,11 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.node import Node
 
 from saferule_core.artifacts.registry import PolicyRegistry
-from saferule_core.data.ledger import LEDGER_FILE, ForgetLedger, LedgerEntry, LedgerState, request_forget
-from saferule_core.data.request_index import RequestIndex
+from saferule_core.data.forget_requests import ForgetRequests, dataset_path, resolve_dataset_dir
+from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerState
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
-from saferule_core.errors import SafeRuleError
+from saferule_core.errors import ForgetRequestError, SafeRuleError
 from saferule_core.limits import MAX_METHOD_CHARS, MAX_REQUEST_ID_CHARS, check_chars, check_dataset_name, check_request_text
 from saferule_core.settings_files import load_settings_file
 from saferule_interfaces.action import Unlearn
@@ -75,8 +73,6 @@ FORGET_SERVICE = "forget"
 UNLEARN_ACTION = "unlearn"
 STATE_FILE = "unlearning_server_state.json"
 INTERRUPTED_POLICIES = ("resume", "fail")
-MAX_DATASET_DEPTH = 3                       # how deep under data_root ledgers are looked for
-REQUEST_ID_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_REQUEST_ID_CHARS - 1}}}$")
 SWAP_SHARE = 0.9                            # progress fraction of the job proper when swaps follow
 CRASH_AT = os.environ.get("SAFERULE_CRASH_AT", "")   # crash tests only (module docstring)
 # Executor threads: a few for the action, the timer and taking requests, plus one per pending Forget
@@ -188,41 +184,6 @@ class _Goal:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-def within(path: Path, root: Path) -> bool:
-    return path == root or path.is_relative_to(root)
-
-
-def dataset_path(data_root: Path, name: str) -> Path:
-    """Where dataset `name` lies under `data_root` (resolved, symlinks included), whether or not it
-    exists yet. RequestRefused for `..` or a path that resolves outside the root."""
-    root = data_root.resolve()
-    check_dataset_name(name, RequestRefused)
-    if "\x00" in name:
-        raise RequestRefused("the dataset name contains a NUL byte")
-    candidate = Path(name)
-    if ".." in candidate.parts:
-        raise RequestRefused(f"dataset {name!r}: '..' is not allowed; name a dataset under the data root {root}")
-    try:
-        path = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    except (OSError, RuntimeError) as err:   # RuntimeError: a symlink loop
-        raise RequestRefused(f"dataset {name!r}: cannot resolve it under the data root {root} ({err})") from None
-    if not within(path, root):
-        raise RequestRefused(f"dataset {name!r} resolves to {path}, outside the data root {root}")
-    return path
-
-
-def resolve_dataset_dir(data_root: Path, name: str) -> Path:
-    """`dataset_path`, which must also be a directory."""
-    path = dataset_path(data_root, name)
-    try:
-        is_dir = path.is_dir()
-    except OSError as err:
-        raise RequestRefused(f"dataset {name!r}: {err.strerror}") from None
-    if not is_dir:
-        raise RequestRefused(f"dataset {name!r}: no such dataset directory under the data root {data_root.resolve()}")
-    return path
-
-
 class UnlearningServer(Node):
     def __init__(self, node_name: str = "unlearning_server", job_api: JobApi | None = None,
                  **kwargs: object) -> None:
@@ -233,14 +194,11 @@ class UnlearningServer(Node):
         cfg = self.config = declare_config(self, UnlearningServerConfig)
         self._check_config()
         self.data_root = Path(cfg.data_root).expanduser().resolve()
-        self.requests = RequestIndex(self.data_root)   # request id -> dataset, a lookup shortcut
+        self.requests = ForgetRequests(self.data_root, cfg.default_dataset, warn=self._warn_throttled)
         self.work_dir = Path(cfg.work_dir).expanduser()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.unlearn_config = self._load_unlearn_config()
         self.queue = JobQueue(self.work_dir / STATE_FILE, str(Path(cfg.model_dir).expanduser()))
-        self._forget_lock = threading.Lock()        # one request_forget at a time
-        self._ledgers: dict[Path, ForgetLedger] = {}  # by dataset directory; each reads only what was appended
-        self._ledgers_lock = threading.Lock()
         self._forget_thread = ThreadPoolExecutor(1, thread_name_prefix="forget")   # FIFO, one at a time
         self._pending_lock = threading.Lock()
         self._pending_forget = 0                  # taken and not yet answered
@@ -297,7 +255,7 @@ class UnlearningServer(Node):
             # point outside the data root.
             try:
                 path = dataset_path(Path(cfg.data_root).expanduser(), cfg.default_dataset)
-            except RequestRefused as err:
+            except ForgetRequestError as err:
                 raise ConfigError(f"default_dataset: {err}") from None
             if not path.is_dir():
                 self.get_logger().warning(f"default_dataset {path} does not exist yet; requests that name no "
@@ -324,51 +282,15 @@ class UnlearningServer(Node):
         return self.api.make_config(values)
 
     # ----- datasets and ledgers --------------------------------------------------------------
+    def _warn_throttled(self, message: str) -> None:
+        self.get_logger().warning(message, throttle_duration_sec=30.0)
+
     def dataset_dir(self, name: str) -> Path:
-        name = name.strip() or self.config.default_dataset
-        if not name:
-            raise RequestRefused("no dataset named and the server has no default_dataset")
-        return resolve_dataset_dir(self.data_root, name)
+        return self.requests.dataset_dir(name)
 
     def ledger(self, dataset_dir: Path) -> ForgetLedger:
         """The server's ledger instance of a dataset (kept, so that it reads only what was appended)."""
-        with self._ledgers_lock:
-            return self._ledgers.setdefault(dataset_dir, ForgetLedger(dataset_dir))
-
-    def _ledger_dirs(self) -> Iterator[Path]:
-        """Dataset directories under the data root that hold a ledger (default dataset first)."""
-        if self.config.default_dataset:
-            default = dataset_path(self.data_root, self.config.default_dataset)
-            if (default / LEDGER_FILE).is_file():
-                yield default
-        for current, dirnames, filenames in os.walk(self.data_root, followlinks=False):
-            here = Path(current)
-            if LEDGER_FILE in filenames and within(here.resolve(), self.data_root):
-                yield here.resolve()
-            depth = len(here.relative_to(self.data_root).parts)
-            dirnames[:] = [] if depth >= MAX_DATASET_DEPTH else sorted(
-                d for d in dirnames if not d.startswith(".") and d != "shards")
-
-    def find_request(self, request_id: str) -> tuple[Path, LedgerEntry]:
-        check_chars("request_id", request_id, MAX_REQUEST_ID_CHARS, RequestRefused)
-        if not REQUEST_ID_PATTERN.match(request_id):
-            raise RequestRefused(f"malformed request id {request_id!r}")
-        hinted = self.requests.dataset_of(request_id)
-        directories = self._ledger_dirs()
-        if hinted is not None and (hinted / LEDGER_FILE).is_file():
-            directories = itertools.chain([hinted], directories)
-        for directory in directories:
-            try:
-                for entry in self.ledger(directory).entries():
-                    if entry.request_id == request_id:
-                        return directory, entry
-            except SafeRuleError as err:
-                self.get_logger().warning(f"skipping the ledger of {directory}: {err}", throttle_duration_sec=30.0)
-        raise RequestRefused(f"unknown request id {request_id!r}: no ledger under {self.data_root} records it "
-                             f"(send Forget first)")
-
-    def _relative(self, dataset_dir: Path) -> str:
-        return dataset_dir.relative_to(self.data_root).as_posix()
+        return self.requests.ledger(dataset_dir)
 
     # ----- Forget ------------------------------------------------------------------------------
     def _on_forget(self, request: Forget.Request, response: Forget.Response) -> Forget.Response:
@@ -416,12 +338,10 @@ class UnlearningServer(Node):
 
     def _forget(self, request: Forget.Request, selector: ForgetSelector, response: Forget.Response) -> None:
         dataset_dir = self.dataset_dir(request.dataset)
-        label = self._relative(dataset_dir) or "."
+        label = self.requests.relative(dataset_dir) or "."
         if request.dry_run:
-            store = DatasetStore.open(dataset_dir)
-            mask = selector.select(store)
-            response.matched_episode_ids = [ep.episode_id for ep, hit in zip(store.episodes, mask) if hit]
-            response.matched_transitions = int(store.episode_lengths[mask].sum())
+            preview = self.requests.preview(dataset_dir, selector)
+            response.matched_episode_ids, response.matched_transitions = preview.episode_ids, preview.transitions
             response.accepted = True
             response.message = (f"dry run: the selector ({selector.describe()}) matches "
                                 f"{len(response.matched_episode_ids)} episodes ({response.matched_transitions} "
@@ -447,19 +367,11 @@ class UnlearningServer(Node):
                        model_dir: Path | None = None) -> LedgerEntry:
         """Record and quarantine a new request; with `model_dir`, only if a job on that model could
         start on it (the Unlearn goal's selector path: nothing is recorded for a goal refused later)."""
-        if not reason.strip():
-            raise RequestRefused("a forget request needs a reason (it is kept in the ledger)")
-        with self._forget_lock:
-            store = DatasetStore.open(dataset_dir)
-            if model_dir is not None:
-                self.api.check_new_request(store, selector, model_dir, reason)
-            entry = request_forget(store, selector, requester=requester.strip() or "ros", reason=reason.strip(),
-                                   ledger=self.ledger(dataset_dir))
-        try:
-            self.requests.add(entry.request_id, dataset_dir)
-        except OSError as err:   # only a lookup shortcut: find_request falls back to the ledgers
-            self.get_logger().warning(f"request index {self.requests.path}: {err}")
-        return entry
+        def admit(store: DatasetStore, selector: ForgetSelector) -> None:
+            assert model_dir is not None
+            self.api.check_new_request(store, selector, model_dir, reason)
+
+        return self.requests.record(dataset_dir, selector, requester, reason, admit if model_dir is not None else None)
 
     # ----- Unlearn: admission ------------------------------------------------------------------
     def _on_goal(self, goal: Unlearn.Goal) -> GoalResponse:
@@ -507,7 +419,7 @@ class UnlearningServer(Node):
             entry = self.record_request(dataset_dir, selector, goal.requester, goal.reason,
                                         model_dir=self.deployed_model_dir())
         else:
-            dataset_dir, entry = self.find_request(request_id)
+            dataset_dir, entry = self.requests.find(request_id)
             if self.queue.running() == request_id:
                 raise RequestRefused(f"request {request_id} is already being unlearned")
             position = self.queue.position(request_id)
@@ -515,7 +427,7 @@ class UnlearningServer(Node):
                 raise RequestRefused(f"request {request_id} is already queued ({position} jobs ahead of it)")
             self.api.check_startable(entry)
         pending.request_id = entry.request_id
-        self.queue.add(QueuedJob(entry.request_id, self._relative(dataset_dir), method, bool(goal.swap_on_success),
+        self.queue.add(QueuedJob(entry.request_id, self.requests.relative(dataset_dir), method, bool(goal.swap_on_success),
                                  time.time(), bytes(pending.handle.goal_id.uuid).hex()))
         self.get_logger().info(f"queued {entry.request_id} ({method}, {entry.matched_episodes} episodes, state "
                                f"{entry.state.value}); {len(self.queue.jobs())} jobs in the queue")
