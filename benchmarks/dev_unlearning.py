@@ -49,7 +49,7 @@ from saferule_core.errors import SafeRuleError  # noqa: E402
 from saferule_core.eval.evaluate import evaluate_policy  # noqa: E402
 from saferule_core.eval.stats import wilson_interval  # noqa: E402
 from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
-from saferule_core.tasks.spec import get_task  # noqa: E402
+from saferule_core.tasks.spec import TaskSpec, get_task  # noqa: E402
 from saferule_core.unlearning.api import UnlearnConfig, unlearn  # noqa: E402
 from saferule_core.unlearning.methods import APPROXIMATE_METHODS  # noqa: E402
 
@@ -60,6 +60,15 @@ RETRAIN_SEED_OFFSET = 40_000          # retrained models' seeds: distinct from e
 SINGLE_PROBE_STEPS = 400              # a single-model retraining is timed over this many updates...
 SINGLE_PROBE_WARMUP = 100             # ...after these (steady state), and scaled to the regime's update count
 JOINT_REWARD_FRACTION = 0.9
+
+
+def evaluate_normalised(learner: Any, spec: TaskSpec, episodes: int, limit: float) -> dict[str, float]:
+    """A learner's policy in the simulator (evaluation seed 1, the task's start-state perturbation):
+    normalised reward and normalised cost at `limit`. The learner is left in training mode."""
+    learner.train_mode(False)
+    result = evaluate_policy(policy_function(learner), spec, episodes=episodes, seed=1, thresholds=(limit,))
+    learner.train_mode(True)
+    return {"normalized_reward": result.normalized_reward, "normalized_cost": result.normalized_costs[limit]}
 
 
 def unlearn_settings(pairs: list[str]) -> dict[str, Any]:
@@ -133,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     by_label = {m["label"]: m for m in regime["models"]}
 
     def evaluate(learner: Any) -> dict[str, float]:
-        result = evaluate_policy(policy_function(learner), spec, episodes=args.episodes, seed=1, thresholds=(limit,))
-        return {"normalized_reward": result.normalized_reward, "normalized_cost": result.normalized_costs[limit]}
+        return evaluate_normalised(learner, spec, args.episodes, limit)
 
     retrain_dirs = [WORK / args.regime / f"retrain-{args.attack}-s{seed}" for seed in seeds]
     retrain_meta = WORK / args.regime / f"retrain-{args.attack}.json"

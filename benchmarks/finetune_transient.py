@@ -33,13 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from dev_unlearning import REGIME_RESULTS, RESULTS, WORK  # noqa: E402
+from dev_unlearning import REGIME_RESULTS, RESULTS, WORK, evaluate_normalised  # noqa: E402
 from regime import dataset_for, poison  # noqa: E402
 from stamp import run_stamp, write_results  # noqa: E402
 
 from saferule_core.algos.batch import BatchSampler  # noqa: E402
-from saferule_core.algos.checkpoint import load_learner, policy_function  # noqa: E402
-from saferule_core.eval.evaluate import evaluate_policy  # noqa: E402
+from saferule_core.algos.checkpoint import load_learner  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
 from saferule_core.unlearning.parts import model_parts  # noqa: E402
 
@@ -79,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     retained = poisoning.dataset.subset_episodes(~poisoning.episode_mask)
 
     def evaluate(learner: Any) -> dict[str, float]:
-        learner.train_mode(False)
-        result = evaluate_policy(policy_function(learner), spec, episodes=args.episodes, seed=1, thresholds=(limit,))
-        learner.train_mode(True)
-        return {"normalized_reward": result.normalized_reward, "normalized_cost": result.normalized_costs[limit]}
+        return evaluate_normalised(learner, spec, args.episodes, limit)
 
     reference = {"retrain": evaluate(load_learner(retrain_dir)),
                  "poisoned": evaluate(load_learner(run_dir / f"{args.attack}-s{args.seed}"))}

@@ -37,13 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from dev_unlearning import REGIME_RESULTS, RESULTS  # noqa: E402
+from dev_unlearning import REGIME_RESULTS, RESULTS, evaluate_normalised  # noqa: E402
 from regime import dataset_for, poison  # noqa: E402
 from stamp import run_stamp, write_results  # noqa: E402
 
 from saferule_core.algos.batch import BatchSampler  # noqa: E402
-from saferule_core.algos.checkpoint import load_learner, policy_function  # noqa: E402
-from saferule_core.eval.evaluate import evaluate_policy  # noqa: E402
+from saferule_core.algos.checkpoint import load_learner  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
 from saferule_core.unlearning.dynamics import DynamicsSettings, fit_dynamics, rollout_returns, rollout_starts  # noqa: E402
 from saferule_core.unlearning.parts import clone_learner, load_network_state, model_parts, network_state  # noqa: E402
@@ -105,10 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = DynamicsSettings()
 
     def evaluate(learner: Any) -> tuple[float, float]:
-        learner.train_mode(False)
-        result = evaluate_policy(policy_function(learner), spec, episodes=args.episodes, seed=1, thresholds=(limit,))
-        learner.train_mode(True)
-        return result.normalized_reward, result.normalized_costs[limit]
+        outcome = evaluate_normalised(learner, spec, args.episodes, limit)
+        return outcome["normalized_reward"], outcome["normalized_cost"]
 
     cases = []
     for seed in args.seeds:
@@ -117,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         learner = load_learner(run_dir / f"{args.attack}-s{seed}")
         stats = learner.info.stats
         model = fit_dynamics(split.retained, stats, settings, seed=0, device=learner.device)
-        starts = rollout_starts(split.retained, stats, 64, spec.episode_len, spec.eval_random_start_steps,
-                                learner.info.act_dim, seed=0, device=learner.device)
+        starts = rollout_starts(split.retained, stats, 64, seed=0, device=learner.device)
         sampler = BatchSampler(learner.training_data(split.retained, learner.config), stats, regime["batch_size"],
                                learner.device, 0)
         snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]], tuple[float, float]]] = [

@@ -24,9 +24,12 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from saferule_core.algos.base import resolve_episode_len
 from saferule_core.algos.batch import NormalizationStats
 from saferule_core.algos.networks import EnsembleLinear
 from saferule_core.data.dataset import OfflineDataset
+from saferule_core.errors import TaskError
+from saferule_core.tasks.spec import get_task
 
 PolicyActions = Callable[[torch.Tensor], torch.Tensor]
 """normalised observations [B, obs_dim] -> unit-box actions [B, act_dim]."""
@@ -113,14 +116,25 @@ class RolloutStarts:
     random_actions: torch.Tensor     # [random_steps, B, act_dim]
 
 
-def rollout_starts(data: OfflineDataset, stats: NormalizationStats, count: int, steps: int,
-                   random_steps: int, act_dim: int, seed: int, device: torch.device | str = "cpu") -> RolloutStarts:
-    """`count` start states drawn (with repetition where the data has fewer episodes) from `data`'s episodes."""
+def rollout_starts(data: OfflineDataset, stats: NormalizationStats, count: int, seed: int,
+                   device: torch.device | str = "cpu", steps: int | None = None,
+                   random_steps: int | None = None) -> RolloutStarts:
+    """`count` start states drawn (with repetition where the data has fewer episodes) from `data`'s
+    episodes. By default an episode lasts the task's episode length and begins with its start-state
+    perturbation (for data of an unknown task: the longest episode, no perturbation)."""
+    if steps is None:
+        steps = resolve_episode_len(0, data)
+    if random_steps is None:
+        try:
+            random_steps = get_task(data.task).eval_random_start_steps
+        except TaskError:
+            random_steps = 0
+    random_steps = min(random_steps, steps)
     rng = np.random.default_rng(seed)
     starts = data.observations[data.episode_starts]
     chosen = starts[rng.integers(0, starts.shape[0], size=count)]
     states = torch.from_numpy(np.ascontiguousarray(stats.normalize_observations(chosen), dtype=np.float32)).to(device)
-    random_actions = torch.from_numpy(rng.uniform(-1.0, 1.0, size=(random_steps, count, act_dim)).astype(np.float32))
+    random_actions = torch.from_numpy(rng.uniform(-1.0, 1.0, size=(random_steps, count, stats.act_dim)).astype(np.float32))
     return RolloutStarts(states, steps, random_actions.to(device))
 
 

@@ -16,10 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from saferule_core.algos.base import resolve_episode_len
 from saferule_core.algos.batch import Batch
-from saferule_core.errors import TaskError
-from saferule_core.tasks.spec import get_task
 from saferule_core.unlearning.config import SafeRuleConfig
 from saferule_core.unlearning.dynamics import DynamicsSettings, fit_dynamics, rollout_returns, rollout_starts
 from saferule_core.unlearning.methods import MethodOutcome
@@ -258,15 +255,13 @@ def _choose_checkpoint(session: Session, parts: ModelParts,
     candidate = clone_learner(session.learner)
     candidate_parts = model_parts(candidate)
     simulate = _model_scorer(session) if cfg.select_by == "model" else None
-    scores = []
+    cost_values, reward_values = [], []
     for _step, state in snapshots:
         load_network_state(candidate, state)
         score = offline_estimates(parts, states, policy=candidate_parts)
-        if simulate is not None:
-            score["reward_value"], score["model_cost_return"] = simulate(candidate_parts)
-        scores.append(score)
-    cost = np.array([s["cost_value"] for s in scores])
-    reward = np.array([s["reward_value"] for s in scores])
+        cost_values.append(score["cost_value"])
+        reward_values.append(simulate(candidate_parts)[0] if simulate is not None else score["reward_value"])
+    cost, reward = np.array(cost_values), np.array(reward_values)
     threshold = float(parts.q_threshold or 0.0)
     within = cost <= threshold
     best = int(np.flatnonzero(within)[np.argmax(reward[within])]) if within.any() else int(np.argmin(cost))
@@ -280,18 +275,12 @@ def _choose_checkpoint(session: Session, parts: ModelParts,
 
 def _model_scorer(session: Session) -> Callable[[ModelParts], tuple[float, float]]:
     """Fit a dynamics model on the retained data; return a scorer of a policy's simulated
-    (reward, cost) return over the task's episode length, with its start-state perturbation."""
+    (reward, cost) return (`rollout_starts`: the task's episode length and start-state perturbation)."""
     cfg, learner, retained = session.config.safe_rule, session.learner, session.split.retained
     updates = max(1, int(round(cfg.model_updates_per_step * session.config.steps)))
     model = fit_dynamics(retained, learner.info.stats, DynamicsSettings(updates=updates),
                          seed=session.config.seed, device=learner.device)
-    try:
-        random_steps = get_task(learner.info.task).eval_random_start_steps
-    except TaskError:
-        random_steps = 0
-    steps = resolve_episode_len(0, retained)
-    starts = rollout_starts(retained, learner.info.stats, cfg.model_starts, steps, min(random_steps, steps),
-                            learner.info.act_dim, session.config.seed, learner.device)
+    starts = rollout_starts(retained, learner.info.stats, cfg.model_starts, session.config.seed, learner.device)
 
     def simulate(policy: ModelParts) -> tuple[float, float]:
         return rollout_returns(model, policy.policy_actions, starts)

@@ -40,7 +40,7 @@ def test_rollouts_rank_a_stopped_policy_below_a_moving_one_and_see_the_cost() ->
     stats = NormalizationStats.from_dataset(data)
     torch.manual_seed(0)
     model = fit_dynamics(data, stats, DynamicsSettings(updates=1500), seed=0)
-    starts = rollout_starts(data, stats, count=16, steps=LENGTH, random_steps=0, act_dim=1, seed=0)
+    starts = rollout_starts(data, stats, count=16, seed=0, steps=LENGTH, random_steps=0)
 
     def constant(throttle: float):  # type: ignore[no-untyped-def]
         return lambda obs: torch.full((obs.shape[0], 1), throttle)
@@ -58,8 +58,8 @@ def test_rollouts_rank_a_stopped_policy_below_a_moving_one_and_see_the_cost() ->
 def test_start_perturbation_is_the_same_for_every_policy_and_fitting_is_seeded() -> None:
     data = _driving_dataset()
     stats = NormalizationStats.from_dataset(data)
-    starts = rollout_starts(data, stats, count=8, steps=LENGTH, random_steps=3, act_dim=1, seed=5)
-    again = rollout_starts(data, stats, count=8, steps=LENGTH, random_steps=3, act_dim=1, seed=5)
+    starts = rollout_starts(data, stats, count=8, seed=5, steps=LENGTH, random_steps=3)
+    again = rollout_starts(data, stats, count=8, seed=5, steps=LENGTH, random_steps=3)
     assert starts.random_actions.shape == (3, 8, 1) and torch.equal(starts.random_actions, again.random_actions)
     assert torch.equal(starts.states, again.states)
     settings = DynamicsSettings(updates=50)

@@ -193,8 +193,8 @@ class UnlearningServer(Node):
         super().__init__(node_name, **kwargs)  # type: ignore[arg-type]
         cfg = self.config = declare_config(self, UnlearningServerConfig)
         self._check_config()
-        self.data_root = Path(cfg.data_root).expanduser().resolve()
-        self.requests = ForgetRequests(self.data_root, cfg.default_dataset, warn=self._warn_throttled)
+        self.requests = ForgetRequests(Path(cfg.data_root), cfg.default_dataset, warn=self._warn_throttled)
+        self.data_root = self.requests.data_root
         self.work_dir = Path(cfg.work_dir).expanduser()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.unlearn_config = self._load_unlearn_config()
@@ -367,11 +367,9 @@ class UnlearningServer(Node):
                        model_dir: Path | None = None) -> LedgerEntry:
         """Record and quarantine a new request; with `model_dir`, only if a job on that model could
         start on it (the Unlearn goal's selector path: nothing is recorded for a goal refused later)."""
-        def admit(store: DatasetStore, selector: ForgetSelector) -> None:
-            assert model_dir is not None
-            self.api.check_new_request(store, selector, model_dir, reason)
-
-        return self.requests.record(dataset_dir, selector, requester, reason, admit if model_dir is not None else None)
+        admit = None if model_dir is None else (
+            lambda store, chosen: self.api.check_new_request(store, chosen, model_dir, reason))
+        return self.requests.record(dataset_dir, selector, requester, reason, admit)
 
     # ----- Unlearn: admission ------------------------------------------------------------------
     def _on_goal(self, goal: Unlearn.Goal) -> GoalResponse:
