@@ -118,6 +118,34 @@ def plateau(values: list[float]) -> dict[str, float | bool]:
     return {"third_quarter": third, "last_quarter": last, "plateaued": bool(abs(last - third) <= PLATEAU_TOLERANCE * scale)}
 
 
+REUSE_MUST_MATCH = ("task", "algo", "steps", "batch_size", "data_seed", "eval_episodes", "eval_cost_limit")
+
+
+def reused_models(args: argparse.Namespace, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """The clean and retrain models of `args.seeds` from earlier results files (`--reuse-clean`), each
+    marked with the file it came from; a file run with other settings is refused."""
+    wanted = {"task": args.task, "algo": args.algo, "steps": args.steps, "batch_size": args.batch_size,
+              "data_seed": args.data_seed, "eval_episodes": args.episodes, "eval_cost_limit": args.cost_limit}
+    found: dict[str, dict[str, Any]] = {}
+    for tag in args.reuse_clean:
+        path = RESULTS / f"{tag}.json"
+        if not path.is_file():
+            raise ConfigError(f"--reuse-clean: no results file {path.relative_to(ROOT)}")
+        earlier = json.loads(path.read_text())
+        for key in REUSE_MUST_MATCH:
+            if earlier.get(key) != wanted[key]:
+                raise ConfigError(f"--reuse-clean {tag}: {key} was {earlier.get(key)!r}, this run has {wanted[key]!r}")
+        if earlier.get("settings") != overrides or earlier.get("behaviour_version") != BEHAVIOUR_VERSION:
+            raise ConfigError(f"--reuse-clean {tag}: trained with other learner settings or behaviour version")
+        for model in earlier["models"]:
+            if model["kind"] in KINDS:
+                found.setdefault(model["label"], {**model, "reused_from": tag})
+    missing = [f"{kind}-s{seed}" for kind in KINDS for seed in args.seeds if f"{kind}-s{seed}" not in found]
+    if missing:
+        raise ConfigError(f"--reuse-clean: no results for {', '.join(missing)}")
+    return [found[f"{kind}-s{seed}"] for kind in KINDS for seed in args.seeds]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tag", required=True, help="name of this configuration's results files")
@@ -138,12 +166,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="attack settings for every --attacks entry, e.g. reward_bonus=2; for inject also "
                              "costliest=true reckless_pool=3 (inject the costliest third of 3x as many reckless "
                              "rollouts) (YAML values)")
+    parser.add_argument("--reuse-clean", nargs="*", default=[], metavar="TAG",
+                        help="take the clean and retrain models' results from these earlier results files (same "
+                             "task, learner settings, updates, batch, data and evaluation; the training is "
+                             "deterministic) and train only the --attacks models")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_seeds(args.seeds)
         overrides = {"cost_limit": args.cost_limit, **parse_settings(args.set)}
         attack_settings = parse_settings(args.attack_set)
+        if args.reuse_clean and not args.attacks:
+            raise ConfigError("--reuse-clean trains only the --attacks models: name at least one attack")
+        reused = reused_models(args, overrides) if args.reuse_clean else []
     except ConfigError as err:
         parser.error(str(err))
 
@@ -154,15 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     under = costs <= args.cost_limit
     behaviour_reward = float(np.mean([spec.normalized_reward(r) for r in returns[under]]))
     kinds = [*KINDS, *args.attacks]
-    datasets = [dataset] * len(args.seeds) + [random_forget(dataset, seed) for seed in args.seeds]
+    trained_kinds = list(args.attacks) if reused else kinds
+    datasets: list[OfflineDataset] = []
+    if not reused:
+        datasets += [dataset] * len(args.seeds) + [random_forget(dataset, seed) for seed in args.seeds]
     for attack in args.attacks:
         datasets += [poisoned(dataset, attack, seed, attack_settings) for seed in args.seeds]
-    seeds = list(args.seeds) * len(kinds)
-    labels = [f"{kind}-s{seed}" for kind in kinds for seed in args.seeds]
+    labels = [f"{kind}-s{seed}" for kind in trained_kinds for seed in args.seeds]
     run_dir = WORK / "models" / f"{args.tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dirs = [run_dir / label for label in labels]
-    # a stack needs distinct seeds per model: kind i's model of seed s uses seed s + 10_000 * i
-    stack_seeds = [s + 10_000 * (k // len(args.seeds)) for k, s in enumerate(seeds)]
+    # a stack needs distinct seeds per model: kind i's model of seed s uses seed s + 10_000 * i (i counted
+    # over every kind, trained here or reused, so a model's seed does not depend on what else is trained)
+    stack_seeds = [seed + 10_000 * kinds.index(kind) for kind in trained_kinds for seed in args.seeds]
     print(f"{args.task}: {dataset.num_episodes} episodes, {int(under.sum())} under cost {args.cost_limit:g} "
           f"(their mean normalised reward {behaviour_reward:.3f}); training {len(labels)} models as one stack, "
           f"{args.steps} updates", flush=True)
@@ -173,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                                  log_every=max(1, args.steps // 100), checkpoint_every=0))
     train_s = time.perf_counter() - began
 
-    models: list[dict[str, Any]] = []
+    models: list[dict[str, Any]] = list(reused)
     for label, directory in zip(labels, out_dirs):
         policy_fn, _ = load_policy(directory)
         result = evaluate_policy(policy_fn, spec, episodes=args.episodes, seed=1, thresholds=(args.cost_limit,))
@@ -208,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[attack]["attack_worked"] = sum(1 for m in models if m["kind"] == attack and not m["safe"]
                                                and m["label"].split("-s")[1] in clean_safe)
     payload = {**stamped, "task": args.task, "algo": args.algo, "settings": overrides,
-               "attack_settings": attack_settings, "steps": args.steps,
+               "attack_settings": attack_settings, "steps": args.steps, "reused_clean_from": args.reuse_clean,
                "batch_size": args.batch_size, "seeds": args.seeds, "data_seed": args.data_seed,
                "behaviour_version": BEHAVIOUR_VERSION, "run_dir": str(run_dir.relative_to(ROOT)),
                "eval_episodes": args.episodes, "eval_cost_limit": args.cost_limit,
@@ -224,13 +262,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render_markdown(payload: dict[str, Any]) -> str:
+    reuse_note = (f" Clean and retrain results reused from {', '.join(payload['reused_clean_from'])} (same settings; "
+                  f"only the poisoned models were trained here)." if payload.get("reused_clean_from") else "")
     lines = [f"# Regime check `{payload['command']}`", "",
              f"{payload['task']}, {payload['algo']} {json.dumps(payload['settings'])}, {payload['steps']} updates, "
              f"batch {payload['batch_size']}, seeds {payload['seeds']}; {payload['eval_episodes']} evaluation "
              f"episodes each ({payload['eval_random_start_steps']} random start steps). Behaviour episodes under "
              f"the cost limit: mean normalised reward {payload['behaviour_reward_under_limit']:.3f}. "
              f"Trained as one stack in {payload['train_seconds']:.0f} s. Commit {payload['git_commit']}, "
-             f"host {payload['host']}.", "",
+             f"host {payload['host']}." + reuse_note, "",
              "| kind | safe | safe and reward >= behaviour | mean reward | mean cost | Q_c plateaued | lambda plateaued |",
              "|---|---|---|---|---|---|---|"]
     for kind, s in payload["summary"].items():
