@@ -129,18 +129,16 @@ class BCQLag(Learner):
         self.actor_optim = make_adam(self.actor.parameters(), config.actor_lr, config.optimizer)
         self.critic_optim = make_adam(self.critics.parameters(), config.critic_lr, config.optimizer)
         self._fused_targets = config.fused_targets and config.precision == "bf16" and not config.compile and \
-            not config.critic_layer_norm and fused_inference_available(dev)
+            fused_inference_available(dev)
         self._vae_loss = self.maybe_compile(self._vae_loss_impl)
         self._critic_targets = self.maybe_compile(self._critic_targets_impl)
         self._critic_loss = self.maybe_compile(self._critic_loss_impl)
+        self._actor_actions = self.maybe_compile(self._actor_actions_impl)
         self._actor_q = self.maybe_compile(self._actor_q_impl)
 
     @classmethod
     def algo_name(cls, config: LearnerConfig) -> str:
         return "bcq_lag"
-
-    def prepare_for_stack(self) -> None:
-        self._fused_targets = False      # oneDNN's fused kernels have no batching rule
 
     # ----- the phases of an update: pure functions of parameters and tensors (see algos.functional) ----
     def draw_noise(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -165,10 +163,11 @@ class BCQLag(Learner):
         next_obs_rep = next_obs.repeat_interleave(samples, dim=0)             # [B*k, obs]
         # One decoder pass for the next-state samples and the actor's behaviour actions.
         decoder_input = torch.cat([next_obs_rep, obs], dim=0)
-        if self._fused_targets:        # a single learner only: the fused kernels read the live modules
-            decoded = self.vae.fused_decode_sampled_bf16(decoder_input, latents)
-            next_actions = self.actor_target.fused_forward_bf16(next_obs_rep, decoded[:batch * samples])
-            q_next = self.critics_target.fused_forward_bf16(next_obs_rep, next_actions).float()
+        if self._fused_targets:        # one model at a time (a stack runs this per model: no batching rule)
+            decoded = bind(self.vae, vae, "fused_decode_sampled_bf16")(decoder_input, latents)
+            next_actions = bind(self.actor_target, actor_target, "fused_forward_bf16")(next_obs_rep,
+                                                                                      decoded[:batch * samples])
+            q_next = bind(self.critics_target, critics_target, "fused_forward_bf16")(next_obs_rep, next_actions).float()
         else:
             with self.autocast():
                 decoded = bind(self.vae, vae, "decode_sampled")(decoder_input, latents)
@@ -192,19 +191,22 @@ class BCQLag(Learner):
         targets = torch.stack([reward_target, reward_target, cost_target, cost_target])
         return targets, decoded[batch * samples:].float()
 
+    # The critic phases are written for any leading axes (`state.run_batched`): [..., 4, B].
     def _critic_loss_impl(self, critics: Params, obs: torch.Tensor, act: torch.Tensor,
                           targets: torch.Tensor) -> torch.Tensor:
-        """Per-member mean squared TD error, [4]."""
+        """Per-member mean squared TD error, [..., 4]."""
         with self.autocast():
             q = bind(self.critics, critics)(obs, act)
-        return (q.float() - targets).pow(2).mean(dim=1)
+        return (q.float() - targets).pow(2).mean(dim=-1)
 
-    def _actor_q_impl(self, actor: Params, critics: Params, obs: torch.Tensor,
-                      behaviour_actions: torch.Tensor) -> torch.Tensor:
-        """Q of the actor's actions for all four critics, [4, B]; gradients reach the actor only."""
+    def _actor_actions_impl(self, actor: Params, obs: torch.Tensor, behaviour_actions: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return cast(torch.Tensor, bind(self.actor, actor)(obs, behaviour_actions))
+
+    def _actor_q_impl(self, critics: Params, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q of the actor's actions for all four critics, [..., 4, B]; gradients reach the actor only."""
         frozen = {name: p.detach() for name, p in critics.items()}
         with self.autocast():
-            actions = bind(self.actor, actor)(obs, behaviour_actions)
             q = bind(self.critics, frozen)(obs, actions)
         return q.float()
 
@@ -216,13 +218,15 @@ class BCQLag(Learner):
         loss_vae = state.run(self._vae_loss, p["vae"], obs, batch.actions, noise["vae_eps"])
         state.step("vae", loss_vae)
 
-        targets, behaviour_actions = state.run(self._critic_targets, p["vae"], p["actor_target"], p["critics_target"],
+        run_targets = state.run_each if self._fused_targets else state.run
+        targets, behaviour_actions = run_targets(self._critic_targets, p["vae"], p["actor_target"], p["critics_target"],
                                                obs, batch.next_observations, batch.rewards, batch.costs,
                                                batch.terminals, noise["latents"])
-        member_losses = state.run(self._critic_loss, p["critics"], obs, batch.actions, targets)
+        member_losses = state.run_batched(self._critic_loss, p["critics"], obs, batch.actions, targets)
         state.step("critics", member_losses)
 
-        q = state.run(self._actor_q, p["actor"], p["critics"], obs, behaviour_actions)   # [..., 4, B]
+        actions = state.run(self._actor_actions, p["actor"], obs, behaviour_actions)
+        q = state.run_batched(self._actor_q, p["critics"], obs, actions)   # [..., 4, B]
         q_reward = q[..., REWARD_MEMBERS, :].min(dim=-2).values
         q_costs = q[..., COST_MEMBERS, :]
         q_cost = q_costs.max(dim=-2).values if cfg.pessimistic_cost else q_costs.min(dim=-2).values

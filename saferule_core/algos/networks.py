@@ -123,13 +123,21 @@ class EnsembleLinear(nn.Module):
         self.bias[members].uniform_(-bound, bound, generator=generator)
 
     def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        """Parameters may carry leading axes (K stacked models: weight [K, members, in, out]); x then
+        has them too ([K, B, in] shared by the members, or [K, members, B, in]), and the K x members
+        products are still one batched matmul."""
         weight: torch.Tensor = self.weight
         bias: torch.Tensor = self.bias
         if members is not None:
-            weight, bias = weight[members], bias[members]
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(weight.shape[0], -1, -1)
-        return torch.baddbmm(bias, x, weight)
+            weight, bias = weight[..., members, :, :], bias[..., members, :, :]
+        lead, count = weight.shape[:-3], weight.shape[-3]
+        if x.dim() == len(lead) + 2:
+            x = x.unsqueeze(-3).expand(*lead, count, *x.shape[-2:])
+        if not lead:
+            return torch.baddbmm(bias, x, weight)
+        out = torch.baddbmm(bias.reshape(-1, *bias.shape[-2:]), x.reshape(-1, *x.shape[-2:]),
+                            weight.reshape(-1, *weight.shape[-2:]))
+        return out.view(*lead, count, *out.shape[-2:])
 
     def extra_repr(self) -> str:
         return f"members={self.members}, in_features={self.in_features}, out_features={self.out_features}"
@@ -139,7 +147,9 @@ class EnsembleCritic(nn.Module):
     """Q(s, a) for `members` independent critics in one pass.
 
     forward(obs [B, obs_dim], act [B, act_dim]) -> [members, B]. `members=slice(...)` evaluates a
-    subset (e.g. only the cost critics) without touching the others' weights.
+    subset (e.g. only the cost critics) without touching the others' weights. With stacked
+    parameters (leading model axis K, see `EnsembleLinear`) obs and act are [K, B, ...] and the
+    result [K, members, B].
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], members: int,
@@ -168,10 +178,8 @@ class EnsembleCritic(nn.Module):
         return h.squeeze(-1)
 
     def fused_forward_bf16(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """`forward` for every member in bfloat16 with fused ReLUs (no autograd), [members, B];
-        not for layer-normalised critics."""
-        if self.layer_norm:
-            raise ValueError("fused_forward_bf16 has no layer normalisation")
+        """`forward` for every member in bfloat16 with fused ReLUs (no autograd), [members, B]; with
+        layer normalisation the ReLU follows it, unfused."""
         x = torch.cat([obs, act], dim=-1).to(torch.bfloat16)
         # each layer's weights cast once for all members ([members, out, in], as the fused op wants)
         weights = [(layer.weight.transpose(1, 2).to(torch.bfloat16), layer.bias[:, 0].to(torch.bfloat16))
@@ -181,7 +189,11 @@ class EnsembleCritic(nn.Module):
         for member in range(self.members):
             h = x
             for i, (weight, bias) in enumerate(weights):
-                h = _fused_linear(h, weight[member], bias[member], "relu" if i < last else "none")
+                if i < last and self.layer_norm:
+                    h = _fused_linear(h, weight[member], bias[member], "none")
+                    h = torch.relu_(nn.functional.layer_norm(h, h.shape[-1:]))
+                else:
+                    h = _fused_linear(h, weight[member], bias[member], "relu" if i < last else "none")
             values.append(h.squeeze(-1))
         return torch.stack(values)
 

@@ -56,6 +56,23 @@ def test_ensemble_critic_members_are_independent_networks() -> None:
     assert grad is not None and grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_ensemble_critic_with_stacked_parameters_is_each_models_critic(layer_norm: bool) -> None:
+    # K critics' parameters stacked on a leading axis: one call gives [K, members, B], model k's
+    # values exactly those of critic k on its own inputs
+    torch.manual_seed(0)
+    critics = [EnsembleCritic(5, 2, (16, 16), members=4, layer_norm=layer_norm) for _ in range(3)]
+    stacked = {name: torch.stack([dict(c.named_parameters())[name] for c in critics])
+               for name, _ in critics[0].named_parameters()}
+    obs, act = torch.randn(3, 10, 5), torch.randn(3, 10, 2)
+    values = torch.func.functional_call(critics[0], stacked, (obs, act))
+    assert values.shape == (3, 4, 10)
+    cost_only = torch.func.functional_call(critics[0], stacked, (obs, act, slice(2, 4)))
+    for k, critic in enumerate(critics):
+        torch.testing.assert_close(values[k], critic(obs[k], act[k]))
+        torch.testing.assert_close(cost_only[k], critic(obs[k], act[k])[2:])
+
+
 def test_layer_normalised_critic_values_stay_bounded_far_from_the_data() -> None:
     """With layer norm the last hidden layer has unit scale whatever the input, so |Q| is at most
     |w|_2 * sqrt(width) + |b| per member; without it Q grows with the input's size."""
@@ -141,17 +158,21 @@ def test_fused_bf16_inference_matches_autocast_forward() -> None:
     obs, act = torch.randn(300, 5), torch.rand(300, 2) * 2 - 1
     vae, actor = ConditionalVAE(5, 2, 64), PerturbationActor(5, 2, (32, 32), phi=0.5)
     critic = EnsembleCritic(5, 2, (32, 32), members=4)
+    normed = EnsembleCritic(5, 2, (32, 32), members=4, layer_norm=True)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         torch.manual_seed(1)
         decoded = vae.decode_sampled(obs).float()
         perturbed = actor(obs, act).float()
         values = critic(obs, act).float()
+        normed_values = normed(obs, act).float()
     with torch.no_grad():
         torch.manual_seed(1)                      # the same latent draw
         fused_decoded = vae.fused_decode_sampled_bf16(obs).float()
         fused_perturbed = actor.fused_forward_bf16(obs, act).float()
         fused_values = critic.fused_forward_bf16(obs, act).float()
-    assert fused_values.shape == values.shape == (4, 300)
+        fused_normed = normed.fused_forward_bf16(obs, act).float()
+    assert fused_values.shape == values.shape == fused_normed.shape == (4, 300)
+    torch.testing.assert_close(fused_normed, normed_values, atol=0.03, rtol=0.03)
     # both are bfloat16 matmuls with float accumulation: equal up to bfloat16 rounding
     torch.testing.assert_close(fused_decoded, decoded, atol=0.02, rtol=0.02)
     torch.testing.assert_close(fused_perturbed, perturbed, atol=0.02, rtol=0.02)

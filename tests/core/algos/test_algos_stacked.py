@@ -10,6 +10,7 @@ import torch
 
 from saferule_core.algos.batch import BatchSampler
 from saferule_core.algos.checkpoint import load_learner
+from saferule_core.algos.networks import native_bf16_available
 from saferule_core.algos.registry import ConfigError
 from saferule_core.algos.stacked import StackTrainConfig, build_stack, fit_seeds, seed_dirs, train_stack
 from saferule_core.algos.trainer import TrainConfig, fit
@@ -53,6 +54,29 @@ def test_model_k_of_a_stack_follows_the_single_run_with_seed_k(random_dataset, t
             for tensor_name in theirs_p:
                 torch.testing.assert_close(mine_p[tensor_name], theirs_p[tensor_name], rtol=1e-3, atol=1e-4,
                                            msg=f"seed {seed}: {name}.{tensor_name}")
+
+
+@pytest.mark.skipif(not native_bf16_available(), reason="this CPU has no native bfloat16: the fused bfloat16 "
+                                                         "targets do not run here")
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_a_bf16_stack_with_fused_targets_follows_the_single_runs(random_dataset, tiny, tmp_path, layer_norm) -> None:  # type: ignore[no-untyped-def]
+    # the stack computes its targets model by model with the fused kernels and its critic phases
+    # batched over the model axis; a single run does the same for one model
+    dataset = random_dataset(episodes=12)
+    steps, seeds = 30, (3, 0)
+    overrides = {**tiny["bcq_lag"], "cost_limit": 0.0, "cost_scale": 10.0, "precision": "bf16",
+                 "critic_layer_norm": layer_norm}
+    stack = build_stack("bcq_lag", [dataset] * len(seeds), seeds, overrides, 32)
+    assert stack.template._fused_targets
+    train_stack(stack, [dataset] * len(seeds), seeds, seed_dirs(tmp_path / "stack", seeds),
+                StackTrainConfig(**_quiet(steps)))
+    for seed in seeds:
+        fit("bcq_lag", dataset, tmp_path / f"single_{seed}", TrainConfig(seed=seed, **_quiet(steps)), overrides)
+        for mine, theirs in zip(_metric_lines(tmp_path / "stack" / f"seed_{seed}"),
+                                _metric_lines(tmp_path / f"single_{seed}"), strict=True):
+            for key in ("vae_loss", "reward_critic_loss", "cost_critic_loss", "q_reward", "q_cost"):
+                # bfloat16 rounding, not a different computation: a few percent at most
+                assert mine[key] == pytest.approx(theirs[key], rel=0.05, abs=0.02), (seed, mine["step"], key)
 
 
 def test_models_of_a_stack_differ_and_the_stack_writes_ordinary_checkpoints(random_dataset, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
