@@ -191,7 +191,7 @@ class BCQLag(Learner):
         targets = torch.stack([reward_target, reward_target, cost_target, cost_target])
         return targets, decoded[batch * samples:].float()
 
-    # The critic phases are written for any leading axes (`state.run_batched`): [..., 4, B].
+    # These phases are written for a leading model axis (`state.run_batched`): [..., 4, B].
     def _critic_loss_impl(self, critics: Params, obs: torch.Tensor, act: torch.Tensor,
                           targets: torch.Tensor) -> torch.Tensor:
         """Per-member mean squared TD error, [..., 4]."""
@@ -215,7 +215,7 @@ class BCQLag(Learner):
         cfg, p = self.config, state.params
         obs = batch.observations
 
-        loss_vae = state.run(self._vae_loss, p["vae"], obs, batch.actions, noise["vae_eps"])
+        loss_vae = state.run_batched(self._vae_loss, p["vae"], obs, batch.actions, noise["vae_eps"])
         state.step("vae", loss_vae)
 
         run_targets = state.run_each if self._fused_targets else state.run
@@ -225,7 +225,7 @@ class BCQLag(Learner):
         member_losses = state.run_batched(self._critic_loss, p["critics"], obs, batch.actions, targets)
         state.step("critics", member_losses)
 
-        actions = state.run(self._actor_actions, p["actor"], obs, behaviour_actions)
+        actions = state.run_batched(self._actor_actions, p["actor"], obs, behaviour_actions)
         q = state.run_batched(self._actor_q, p["critics"], obs, actions)   # [..., 4, B]
         q_reward = q[..., REWARD_MEMBERS, :].min(dim=-2).values
         q_costs = q[..., COST_MEMBERS, :]

@@ -42,6 +42,17 @@ class Tanh(nn.Module):
         return torch.tanh_(x)
 
 
+class StackableLinear(nn.Linear):
+    """`nn.Linear` whose parameters may carry a leading model axis (K stacked models: weight
+    [K, out, in], bias [K, out]); the input is then [K, B, in] and the K products are one batched
+    matmul. With ordinary parameters it is exactly `nn.Linear` (same state dict, same export)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dim() == 2:
+            return nn.functional.linear(x, self.weight, self.bias)
+        return torch.baddbmm(self.bias.unsqueeze(-2), x, self.weight.transpose(-1, -2))
+
+
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int,
         activation: type[nn.Module] = ReLU,
         output_activation: type[nn.Module] | None = None) -> nn.Sequential:
@@ -50,7 +61,7 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int,
     sizes = [in_dim, *hidden, out_dim]
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        layers.append(StackableLinear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2:
             layers.append(activation())
     if output_activation is not None:
@@ -269,8 +280,8 @@ class ConditionalVAE(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim or 2 * act_dim
         self.encoder = mlp(obs_dim + act_dim, [hidden], hidden, ReLU, ReLU)
-        self.latent_mean = nn.Linear(hidden, self.latent_dim)
-        self.latent_log_std = nn.Linear(hidden, self.latent_dim)
+        self.latent_mean = StackableLinear(hidden, self.latent_dim)
+        self.latent_log_std = StackableLinear(hidden, self.latent_dim)
         self.decoder = mlp(obs_dim + self.latent_dim, [hidden, hidden], act_dim, ReLU, Tanh)
 
     def encode(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,10 +324,11 @@ def latent_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
 def vae_loss(vae: nn.Module, obs: torch.Tensor, act: torch.Tensor, beta: float,
              eps: torch.Tensor | None = None) -> torch.Tensor:
     """Reconstruction MSE + beta * KL (both averaged over the batch), as in BCQ/OSRL. `vae` is a
-    `ConditionalVAE` (or a functional view of one, see `algos.stacked.bind`)."""
+    `ConditionalVAE` (or a functional view of one, see `algos.stacked.bind`); with stacked
+    parameters and [K, B, ...] inputs the loss is [K]."""
     recon, mean, std = vae(obs, act, eps)
-    recon_loss = (recon.float() - act).pow(2).mean()
-    return recon_loss + beta * latent_kl(mean.float(), std.float()).mean()
+    recon_loss = (recon.float() - act).pow(2).mean(dim=(-2, -1))
+    return recon_loss + beta * latent_kl(mean.float(), std.float()).mean(dim=-1)
 
 
 class BCQPolicyCore(nn.Module):

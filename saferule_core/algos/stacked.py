@@ -74,7 +74,8 @@ class LearnerStack:
         self.generators = list(generators)
         self.template = template
         template.prepare_for_stack()
-        self.state = self._stack_state()
+        # a stack of one is the learner itself: its own update, with no model axis to map over
+        self.state = template.own_state() if len(learners) == 1 else self._stack_state()
 
     @property
     def models(self) -> int:
@@ -107,6 +108,11 @@ class LearnerStack:
 
     def update(self, batches: Sequence[Batch]) -> Metrics:
         """One update of every model, model k on batches[k]; metrics are [K] tensors."""
+        if self.state.models is None:
+            metrics = self.template.update_step(self.state, batches[0],
+                                                self.template.draw_noise(batches[0].size, self.generators[0]))
+            self.template.num_updates += 1
+            return {key: value.unsqueeze(0) for key, value in metrics.items()}
         batch = Batch(*(torch.stack(columns) for columns in zip(*(
             (b.observations, b.actions, b.rewards, b.costs, b.next_observations, b.terminals) for b in batches))))
         noises = [learner.draw_noise(batches[0].size, gen)
@@ -120,6 +126,8 @@ class LearnerStack:
     @torch.no_grad()
     def write_back(self) -> None:
         """Copy the stacked parameters, optimizer states and controller buffers into the K learners."""
+        if self.state.models is None:
+            return                       # a stack of one trains its learner's own parameters
         stacked_opts = {name: opt.state_dict() for name, opt in self.state.optimizers.items()}
         for k, learner in enumerate(self.learners):
             own = learner.own_state()

@@ -79,6 +79,19 @@ def test_a_bf16_stack_with_fused_targets_follows_the_single_runs(random_dataset,
                 assert mine[key] == pytest.approx(theirs[key], rel=0.05, abs=0.02), (seed, mine["step"], key)
 
 
+def test_a_stack_of_one_is_exactly_the_single_run(random_dataset, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    dataset = random_dataset(episodes=8)
+    overrides = {**tiny["bcq_lag"], "cost_limit": 0.0, "cost_scale": 10.0}
+    fit_seeds("bcq_lag", dataset, (5,), seed_dirs(tmp_path / "stack", (5,)), StackTrainConfig(**_quiet(40)), overrides)
+    single, _ = fit("bcq_lag", dataset, tmp_path / "single", TrainConfig(seed=5, **_quiet(40)), overrides)
+    stacked_lines, single_lines = _metric_lines(tmp_path / "stack" / "seed_5"), _metric_lines(tmp_path / "single")
+    assert [{k: v for k, v in line.items() if k != "seconds"} for line in stacked_lines] == \
+        [{k: v for k, v in line.items() if k != "seconds"} for line in single_lines]
+    reloaded = load_learner(tmp_path / "stack" / "seed_5")
+    for mine, theirs in zip(reloaded.parameters(), single.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
 def test_models_of_a_stack_differ_and_the_stack_writes_ordinary_checkpoints(random_dataset, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     dataset = random_dataset()
     dirs = seed_dirs(tmp_path, (0, 1))
