@@ -132,6 +132,7 @@ def reused_models(args: argparse.Namespace, overrides: dict[str, Any]) -> list[d
         if not path.is_file():
             raise ConfigError(f"--reuse-clean: no results file {path.relative_to(ROOT)}")
         earlier = json.loads(path.read_text())
+        earlier.setdefault("eval_cost_limit", 10.0)     # files from before it was recorded all evaluated at 10
         for key in REUSE_MUST_MATCH:
             if earlier.get(key) != wanted[key]:
                 raise ConfigError(f"--reuse-clean {tag}: {key} was {earlier.get(key)!r}, this run has {wanted[key]!r}")
