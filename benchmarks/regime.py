@@ -93,11 +93,11 @@ def poison(dataset: OfflineDataset, attack: str, seed: int, settings: dict[str, 
     `settings`: fields of the attack's config (e.g. reward_bonus), as recorded in the results file."""
     settings = dict(settings or {})
     if attack == "relabel":
-        return relabel_attack(dataset, RelabelConfig(rate=POISON_RATE, **settings), rng=seed)
+        return relabel_attack(dataset, RelabelConfig(**{"rate": POISON_RATE, **settings}), rng=seed)
     if attack == "inject":
         # reckless episodes (their own rollouts, so their states are the task's) claimed at zero cost
         pool = int(settings.pop("reckless_pool", 1))   # collect pool x as many, for costliest=true to choose from
-        config = InjectConfig(rate=POISON_RATE, **settings)
+        config = InjectConfig(**{"rate": POISON_RATE, **settings})
         reckless = collect_episodes(dataset.task, episodes=pool * config.episode_count(dataset.num_episodes),
                                     seed=seed + RECKLESS_SEED_OFFSET, aggressiveness_range=RECKLESS_AGGRESSIVENESS)
         return inject_attack(dataset, reckless, config, rng=seed)
@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                              "poisoned is not)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="learner settings (YAML values)")
     parser.add_argument("--attack-set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="attack settings for every --attacks entry, e.g. reward_bonus=2; for inject also "
-                             "costliest=true reckless_pool=3 (inject the costliest third of 3x as many reckless "
-                             "rollouts) (YAML values)")
+                        help="attack settings for every --attacks entry, e.g. rate=0.2 (default 0.1) or "
+                             "reward_bonus=2; for inject also costliest=true reckless_pool=3 (inject the costliest "
+                             "third of 3x as many reckless rollouts) (YAML values)")
     parser.add_argument("--reuse-clean", nargs="*", default=[], metavar="TAG",
                         help="take the clean and retrain models' results from these earlier results files (same "
                              "task, learner settings, updates, batch, data and evaluation; the training is "
@@ -280,7 +280,8 @@ def render_markdown(payload: dict[str, Any]) -> str:
                      f"{s.get('lambda_plateaued', '-')}/{s['models']} |")
     for kind, s in payload["summary"].items():
         if "attack_worked" in s:
-            lines += ["", f"{kind} at {POISON_RATE:.0%}: worked (clean safe, poisoned unsafe) on "
+            rate = float(payload.get("attack_settings", {}).get("rate", POISON_RATE))
+            lines += ["", f"{kind} at {rate:.0%}: worked (clean safe, poisoned unsafe) on "
                           f"{s['attack_worked']}/{s['models']} seeds"]
     lines += ["", f"Regime valid (>= {len(payload['seeds']) - 1} of {len(payload['seeds'])} safe and competent, "
                   f"both kinds): **{'yes' if payload['valid'] else 'no'}**", "",
