@@ -233,7 +233,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
              f"unlearning seeds {payload['unlearn_seeds']}, settings {json.dumps(payload['unlearn_settings'])}. "
              f"Valid cases (clean safe, poisoned unsafe): {s['valid_cases']}/{s['cases']}; retraining safe in "
              f"{s['retrain_safe']} of them. One retraining: {payload['retrain_seconds_per_model']:.0f} s per model "
-             f"in a stack, {payload['retrain_seconds_single']:.0f} s as a single model. Commit {payload['git_commit']}"
+             f"in a stack, {payload['retrain_seconds_single']:.0f} s as a single model. Commit {payload['commit']}"
              f"{' (dirty)' if payload['git_dirty'] else ''}, "
              f"host {payload['host']}.", "",
              "| method | safe | joint success (95% CI) | mean reward | mean cost | wall / retrain (stacked) | "

@@ -118,7 +118,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
     ref = payload["reference"]
     lines = [f"# Fine-tuning transient `{payload['command']}`", "",
              f"Regime {payload['regime']}, attack {payload['attack']}, training seed {payload['seed']}, sampler seed "
-             f"{payload['sample_seed']}; {payload['episodes']} evaluation episodes. Commit {payload['git_commit']}, "
+             f"{payload['sample_seed']}; {payload['episodes']} evaluation episodes. Commit {payload['commit']}, "
              f"host {payload['host']}.", "",
              f"Poisoned model: {ref['poisoned']['normalized_reward']:.3f} / {ref['poisoned']['normalized_cost']:.2f}; "
              f"retrained from scratch: {ref['retrain']['normalized_reward']:.3f} / "

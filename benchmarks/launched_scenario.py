@@ -122,7 +122,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
              f"{cfg['cautious']} cautious and {cfg['reckless']} reckless historical episodes over 3 robots, "
              f"robot_3's logs relabelled; {cfg['train_steps']} training updates, {cfg['unlearn_steps']} Safe-RULE "
              f"updates; {cfg['episodes']} evaluation episodes per policy; cost limit {limit:g}. Commit "
-             f"{payload['git_commit']}, host {payload['host']}.", "",
+             f"{payload['commit']}, host {payload['host']}.", "",
              "| learner | seeds | poisoned unsafe | Forget lowered the cost | Safe-RULE safe | retrain safe |",
              "|---|---|---|---|---|---|"]
     for algo, s in payload["summary"].items():

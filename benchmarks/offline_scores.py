@@ -155,7 +155,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
     lines = [f"# Offline scores against the simulator `{payload['command']}`", "",
              f"Regime {payload['regime']}, attack {payload['attack']}: each case's poisoned model fine-tuned on the "
              f"retained data for {payload['updates']} updates, a snapshot every {payload['every']}; each snapshot "
-             f"evaluated ({payload['episodes']} episodes) and scored offline. Commit {payload['git_commit']}, "
+             f"evaluated ({payload['episodes']} episodes) and scored offline. Commit {payload['commit']}, "
              f"host {payload['host']}.", "",
              "Spearman rank correlation of each offline score with the true outcome:", "",
              "| seed | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]

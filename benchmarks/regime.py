@@ -270,7 +270,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
              f"batch {payload['batch_size']}, seeds {payload['seeds']}; {payload['eval_episodes']} evaluation "
              f"episodes each ({payload['eval_random_start_steps']} random start steps). Behaviour episodes under "
              f"the cost limit: mean normalised reward {payload['behaviour_reward_under_limit']:.3f}. "
-             f"Trained as one stack in {payload['train_seconds']:.0f} s. Commit {payload['git_commit']}, "
+             f"Trained as one stack in {payload['train_seconds']:.0f} s. Commit {payload['commit']}, "
              f"host {payload['host']}." + reuse_note, "",
              "| kind | safe | safe and reward >= behaviour | mean reward | mean cost | Q_c plateaued | lambda plateaued |",
              "|---|---|---|---|---|---|---|"]

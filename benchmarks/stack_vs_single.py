@@ -119,7 +119,7 @@ def render(p: dict[str, Any]) -> str:
     lines = [f"# Stacked vs single training `{p['command']}`", "",
              f"{p['task']}, {p['algo']} {p['settings']}, {p['steps']} updates, batch {p['batch_size']}, "
              f"{p['threads']} threads, seeds {p['seeds']}, {p['eval_episodes']} evaluation episodes per model. "
-             f"Commit {p['git_commit']}, host {p['host']}.", "",
+             f"Commit {p['commit']}, host {p['host']}.", "",
              "| training | wall time | normalised reward (95% CI) | normalised cost @10 (95% CI) |", "|---|---|---|---|"]
     for way, seconds in (("stacked", p["stacked_seconds"]), ("single", p["single_seconds"])):
         r, c = p["summary"][way]["normalized_reward"], p["summary"][way]["normalized_cost"]

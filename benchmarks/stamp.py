@@ -1,4 +1,4 @@
-"""The stamp every results file carries: which code made it (commit, and whether the tracked tree
+"""The stamp every results file carries: which code made it ("commit", and whether the tracked tree
 had uncommitted changes), the command line, the host and the time."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def run_stamp(script: str, argv: Sequence[str]) -> dict[str, object]:
         return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
                               check=False).stdout.strip()
 
-    return {"git_commit": git("rev-parse", "HEAD"),
+    return {"commit": git("rev-parse", "HEAD"),
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "command": " ".join([script, *argv]), "host": platform.node(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
