@@ -118,9 +118,6 @@ def plateau(values: list[float]) -> dict[str, float | bool]:
     return {"third_quarter": third, "last_quarter": last, "plateaued": bool(abs(last - third) <= PLATEAU_TOLERANCE * scale)}
 
 
-REUSE_MUST_MATCH = ("task", "algo", "steps", "batch_size", "data_seed", "eval_episodes", "eval_cost_limit")
-
-
 def reused_models(args: argparse.Namespace, overrides: dict[str, Any]) -> list[dict[str, Any]]:
     """The clean and retrain models of `args.seeds` from earlier results files (`--reuse-clean`), each
     marked with the file it came from; a file run with other settings is refused."""
@@ -133,9 +130,9 @@ def reused_models(args: argparse.Namespace, overrides: dict[str, Any]) -> list[d
             raise ConfigError(f"--reuse-clean: no results file {path.relative_to(ROOT)}")
         earlier = json.loads(path.read_text())
         earlier.setdefault("eval_cost_limit", 10.0)     # files from before it was recorded all evaluated at 10
-        for key in REUSE_MUST_MATCH:
-            if earlier.get(key) != wanted[key]:
-                raise ConfigError(f"--reuse-clean {tag}: {key} was {earlier.get(key)!r}, this run has {wanted[key]!r}")
+        for key, value in wanted.items():
+            if earlier.get(key) != value:
+                raise ConfigError(f"--reuse-clean {tag}: {key} was {earlier.get(key)!r}, this run has {value!r}")
         if earlier.get("settings") != overrides or earlier.get("behaviour_version") != BEHAVIOUR_VERSION:
             raise ConfigError(f"--reuse-clean {tag}: trained with other learner settings or behaviour version")
         for model in earlier["models"]:

@@ -170,9 +170,6 @@ class Learner(ABC):
         """Every random number one update needs, drawn from `generator` (the global RNG if None)."""
         return {}
 
-    def prepare_for_stack(self) -> None:  # noqa: B027  (a hook: most learners need nothing)
-        """Switch off anything `update_step` cannot do under vmap (called on a stack's first model)."""
-
     def own_state(self) -> ModelState:
         """This learner's live parameters, optimizers and controllers, as `update_step` reads them."""
         if self._own_state is None:

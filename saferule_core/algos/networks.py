@@ -200,11 +200,10 @@ class EnsembleCritic(nn.Module):
         for member in range(self.members):
             h = x
             for i, (weight, bias) in enumerate(weights):
-                if i < last and self.layer_norm:
-                    h = _fused_linear(h, weight[member], bias[member], "none")
+                hidden = i < last
+                h = _fused_linear(h, weight[member], bias[member], "relu" if hidden and not self.layer_norm else "none")
+                if hidden and self.layer_norm:
                     h = torch.relu_(nn.functional.layer_norm(h, h.shape[-1:]))
-                else:
-                    h = _fused_linear(h, weight[member], bias[member], "relu" if i < last else "none")
             values.append(h.squeeze(-1))
         return torch.stack(values)
 

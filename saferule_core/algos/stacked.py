@@ -73,7 +73,6 @@ class LearnerStack:
         self.learners = list(learners)
         self.generators = list(generators)
         self.template = template
-        template.prepare_for_stack()
         # a stack of one is the learner itself: its own update, with no model axis to map over
         self.state = template.own_state() if len(learners) == 1 else self._stack_state()
 
