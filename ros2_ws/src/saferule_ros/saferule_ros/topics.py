@@ -56,8 +56,11 @@ RECORDABLE_TOPICS: dict[str, type] = {
     ACTION_TOPIC: Float32MultiArray,
 }
 
-# Publishers are reliable so that a reliable recorder can match them.
-STREAM_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+# Publishers are reliable so that a reliable recorder can match them. A reliable KEEP_LAST writer
+# overwrites a sample its readers have not acknowledged once `depth` newer ones are published: at
+# depth 10 and 100 Hz a recorder 0.1 s behind (a busy moment on 2 cores) lost a step in the middle
+# of an episode (its lost_in_dds count). 1000 samples is 10 s of slack at 100 Hz, a few hundred KB.
+STREAM_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
 # A controller wants the newest message only: a stale observation or command is worthless. Best
 # effort: a reliable reader holds every later sample back until a lost one is repaired, which
