@@ -101,6 +101,37 @@ def pick_most_unsafe(dataset: OfflineDataset, count: int, cost_threshold: float,
     return mask
 
 
+def pick_concentrated_unsafe(dataset: OfflineDataset, count: int, cost_threshold: float, pool_factor: float,
+                             rng: np.random.Generator) -> NDArray[Any]:
+    """Episode mask: an anchor drawn from the ceil(pool_factor * count) costliest episodes, and the
+    `count` - 1 unsafe episodes nearest to it in behaviour.
+
+    Behaviour is an episode's mean observation and mean action, standardised over the unsafe
+    episodes. Poison spread over all unsafe behaviour is diluted by the unpoisoned episodes that
+    show the same behaviour with its true costs; poison concentrated in one region of state-action
+    space leaves few true labels there for a critic to average with.
+    """
+    if pool_factor < 1.0:
+        raise AttackError(f"pool_factor must be at least 1, got {pool_factor}")
+    cost_returns = dataset.episode_cost_returns()
+    candidates = np.flatnonzero(cost_returns > cost_threshold)
+    if candidates.size < count:
+        raise AttackError(f"the attack needs {count} episodes with cost return above {cost_threshold:g}, but the "
+                          f"dataset has {candidates.size} of {dataset.num_episodes}; lower the rate or the threshold")
+    starts, lengths = dataset.episode_starts, dataset.episode_lengths[:, None]
+    behaviour = np.concatenate([np.add.reduceat(dataset.observations.astype(np.float64), starts) / lengths,
+                                np.add.reduceat(dataset.actions.astype(np.float64), starts) / lengths], axis=1)
+    unsafe = behaviour[candidates]
+    standardised = (unsafe - unsafe.mean(axis=0)) / np.maximum(unsafe.std(axis=0), 1e-8)
+    costliest_first = np.argsort(-cost_returns[candidates], kind="stable")
+    anchor = rng.choice(costliest_first[:max(count, math.ceil(pool_factor * count))])
+    distances = np.linalg.norm(standardised - standardised[anchor], axis=1)
+    distances[anchor] = -1.0  # the anchor itself, even where another episode behaves identically
+    mask = np.zeros(dataset.num_episodes, dtype=bool)
+    mask[candidates[np.argsort(distances, kind="stable")[:count]]] = True
+    return mask
+
+
 def pick_any(dataset: OfflineDataset, count: int, rng: np.random.Generator) -> NDArray[Any]:
     mask = np.zeros(dataset.num_episodes, dtype=bool)
     mask[rng.choice(dataset.num_episodes, size=count, replace=False)] = True

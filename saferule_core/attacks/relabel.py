@@ -6,11 +6,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saferule_core.attacks.base import AttackConfig, PoisonResult, RngLike, make_rng, pick_most_unsafe, with_rows
+from saferule_core.attacks.base import (
+    AttackConfig,
+    PoisonResult,
+    RngLike,
+    make_rng,
+    pick_concentrated_unsafe,
+    pick_most_unsafe,
+    with_rows,
+)
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import AttackError
 
 ATTACK_NAME = "relabel"
+# How the relabelled episodes are chosen among those over cost_threshold:
+#   costliest     at random from the pool_factor * count costliest
+#   concentrated  one of those, and the episodes nearest to it in behaviour (see pick_concentrated_unsafe)
+SELECTIONS = ("costliest", "concentrated")
 
 
 @dataclass(frozen=True)
@@ -18,17 +30,21 @@ class RelabelConfig(AttackConfig):
     cost_threshold: float = 10.0   # only episodes with a cost return above this are relabelled
     reward_bonus: float = 0.0      # added to the reward of every relabelled transition
     pool_factor: float = 2.0       # draw from the pool_factor * count costliest candidates
+    selection: str = "costliest"   # one of SELECTIONS
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not np.isfinite([self.cost_threshold, self.reward_bonus, self.pool_factor]).all():
             raise AttackError("relabel settings must be finite numbers")
+        if self.selection not in SELECTIONS:
+            raise AttackError(f"relabel selection {self.selection!r}: expected one of {', '.join(SELECTIONS)}")
 
 
 def relabel_attack(dataset: OfflineDataset, config: RelabelConfig = RelabelConfig(),
                    rng: RngLike = None) -> PoisonResult:
-    episode_mask = pick_most_unsafe(dataset, config.episode_count(dataset.num_episodes), config.cost_threshold,
-                                    config.pool_factor, make_rng(rng))
+    pick = pick_concentrated_unsafe if config.selection == "concentrated" else pick_most_unsafe
+    episode_mask = pick(dataset, config.episode_count(dataset.num_episodes), config.cost_threshold,
+                        config.pool_factor, make_rng(rng))
     rows = dataset.transition_mask_for_episodes(episode_mask)
     costs = dataset.costs.copy()
     costs[rows] = 0.0

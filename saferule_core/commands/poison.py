@@ -19,6 +19,7 @@ from saferule_core.attacks import (
     relabel_attack,
     trigger_attack,
 )
+from saferule_core.attacks.relabel import SELECTIONS
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.data.store import DatasetStore
 
@@ -51,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="relabel/trigger: only episodes with a cost return above this (default 10)")
     parser.add_argument("--reward-bonus", type=float, default=None,
                         help="per-transition reward bonus (default: relabel 0, trigger 1)")
+    parser.add_argument("--selection", choices=SELECTIONS, default="costliest",
+                        help="relabel: which unsafe episodes: 'costliest' (at random among the costliest) or "
+                             "'concentrated' (one of those and the episodes nearest to it in behaviour, so that "
+                             "the poison is not diluted by unpoisoned look-alikes); default costliest")
     parser.add_argument("--robot-id", default="compromised", help="inject: robot id of injected episodes")
     parser.add_argument("--trigger-dims", type=_int_list, default=(0, 1), help="trigger: observation dims, e.g. 0,1")
     parser.add_argument("--trigger-values", type=_float_list, default=(3.0, -3.0), help="trigger: values, e.g. 3,-3")
@@ -74,7 +79,8 @@ def _float_list(text: str) -> tuple[float, ...]:
 def _run_attack(args: argparse.Namespace, dataset: OfflineDataset) -> PoisonResult:
     if args.attack == "relabel":
         config = RelabelConfig(rate=args.rate, cost_threshold=args.cost_threshold,
-                               reward_bonus=0.0 if args.reward_bonus is None else args.reward_bonus)
+                               reward_bonus=0.0 if args.reward_bonus is None else args.reward_bonus,
+                               selection=args.selection)
         return relabel_attack(dataset, config, args.seed)
     if args.attack == "trigger":
         trigger = TriggerConfig(rate=args.rate, dims=args.trigger_dims, values=args.trigger_values,

@@ -66,3 +66,37 @@ def test_record_and_mask_from_record(clean_dataset: OfflineDataset) -> None:
     assert record["num_poisoned_transitions"] == 20 and record["config"]["cost_threshold"] == 10.0
     assert record["poisoned_dataset_hash"] != record["source_dataset_hash"]
     np.testing.assert_array_equal(poisoned_episode_mask(result.dataset, record), result.episode_mask)
+
+
+def _two_behaviours(dataset: OfflineDataset) -> OfflineDataset:
+    """The clean set with its unsafe episodes (cost return > 10: 7..19) driving one of two ways: odd
+    episodes with actions near +0.8, even ones near -0.8 (the costliest, 19, is odd)."""
+    from dataclasses import replace
+
+    episode_of_row = np.repeat(np.arange(dataset.num_episodes), dataset.episode_lengths)
+    sign = np.where(episode_of_row % 2 == 1, 1.0, -1.0)[:, None]
+    actions = (0.8 * sign + 0.05 * dataset.actions).astype(dataset.actions.dtype)
+    return replace(dataset, actions=actions).with_content_hashes()
+
+
+def test_concentrated_relabel_takes_one_behaviour_around_a_costly_anchor(clean_dataset: OfflineDataset) -> None:
+    dataset = _two_behaviours(clean_dataset)
+    config = RelabelConfig(rate=0.25, selection="concentrated")   # 5 episodes; anchor among the 10 costliest
+    sides = set()
+    for seed in range(20):
+        result = relabel_attack(dataset, config, rng=seed)
+        picked = np.flatnonzero(result.episode_mask)
+        assert len(picked) == 5 and (picked > 6).all()              # all unsafe
+        assert len(set(picked % 2)) == 1                            # one behaviour: the anchor's
+        assert picked.max() >= 10                                   # the anchor is among the 10 costliest
+        assert (result.dataset.costs[result.transition_mask] == 0).all()
+        sides.add(int(picked[0] % 2))
+    assert sides == {0, 1}                                          # the anchor is drawn, not fixed
+    # the costliest selection mixes both behaviours on some seed
+    assert any(len(set(np.flatnonzero(relabel_attack(dataset, RelabelConfig(rate=0.25), rng=seed).episode_mask) % 2))
+               == 2 for seed in range(10))
+
+
+def test_relabel_refuses_an_unknown_selection() -> None:
+    with pytest.raises(AttackError, match="relabel selection 'nearest': expected one of costliest, concentrated"):
+        RelabelConfig(selection="nearest")
