@@ -98,12 +98,6 @@ def make_adam(params: Iterable[nn.Parameter], lr: float, impl: str) -> torch.opt
     return torch.optim.Adam(params, lr=lr, foreach=impl == "foreach")
 
 
-@torch.no_grad()
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target <- (1 - tau) * target + tau * source, for all parameters in one fused call."""
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
 def frozen_copy(module: M) -> M:
     """A target network: a copy without gradients."""
     target = copy.deepcopy(module)

@@ -29,10 +29,10 @@ The deployable policy is tanh(mu(s)): deterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from saferule_core.algos.base import (
     Learner,
@@ -42,9 +42,9 @@ from saferule_core.algos.base import (
     frozen_copy,
     make_adam,
     per_step_cost_threshold,
-    soft_update,
 )
 from saferule_core.algos.batch import Batch
+from saferule_core.algos.functional import ModelState, Params, bind, lerp_params
 from saferule_core.algos.networks import ConditionalVAE, EnsembleCritic, SquashedGaussianActor, latent_kl, vae_loss
 from saferule_core.errors import ConfigError
 
@@ -80,6 +80,16 @@ class CPQConfig(LearnerConfig):
             raise ConfigError(f"ood_quantile must be in (0, 1), got {self.ood_quantile}")
 
 
+def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """torch.quantile(values, q) (linear interpolation) for a 1-d tensor, from a sort: vmap has a
+    batching rule for sort and none for quantile."""
+    ordered = values.sort().values
+    position = q * (values.shape[0] - 1)
+    low = int(position)
+    high = min(low + 1, values.shape[0] - 1)
+    return torch.lerp(ordered[low], ordered[high], position - low)
+
+
 class DualVariable(nn.Module):
     """A scalar multiplier kept in [0, max] by projected dual ascent; saved with the model."""
 
@@ -98,6 +108,7 @@ class DualVariable(nn.Module):
 class CPQ(Learner):
     config_class = CPQConfig
     config: CPQConfig
+    stackable = True
 
     def __init__(self, config: CPQConfig, info: ModelInfo) -> None:
         super().__init__(config, info)
@@ -116,7 +127,6 @@ class CPQ(Learner):
         self.actor_optim = make_adam(self.actor.parameters(), config.actor_lr, config.optimizer)
         self.critic_optim = make_adam(self.critics.parameters(), config.critic_lr, config.optimizer)
         self.vae_optim = make_adam(self.vae.parameters(), config.vae_lr, config.optimizer)
-        self._frozen_critic_params = {name: p.detach() for name, p in self.critics.named_parameters()}
         self._vae_loss = self.maybe_compile(self._vae_loss_impl)
         self._targets = self.maybe_compile(self._targets_impl)
         self._critic_losses = self.maybe_compile(self._critic_losses_impl)
@@ -126,23 +136,38 @@ class CPQ(Learner):
     def algo_name(cls, config: LearnerConfig) -> str:
         return "cpq"
 
-    # ----- phases ---------------------------------------------------------------------------------
-    def _vae_loss_impl(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    # ----- the phases of an update: pure functions of parameters and tensors (see algos.functional) ----
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The VAE's reparameterisation draw [B, latent] and the actor's Gaussian draws: one per next
+        state [B, act] (targets), num_sampled_actions per state [k, B, act] (OOD penalty), one per
+        state [B, act] (actor loss)."""
+        act, samples = self.info.act_dim, self.config.num_sampled_actions
+
+        def normal(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, device=self.device, generator=generator)
+
+        return {"vae_eps": normal(batch_size, self.vae.latent_dim), "next_eps": normal(batch_size, act),
+                "ood_eps": normal(samples, batch_size, act), "actor_eps": normal(batch_size, act)}
+
+    def _vae_loss_impl(self, vae: Params, obs: torch.Tensor, act: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            return vae_loss(self.vae, obs, act, self.config.beta)
+            return vae_loss(cast(ConditionalVAE, bind(self.vae, vae)), obs, act, self.config.beta, eps)
 
     @torch.no_grad()
-    def _targets_impl(self, obs: torch.Tensor, next_obs: torch.Tensor, rewards: torch.Tensor, costs: torch.Tensor,
-                      terminals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _targets_impl(self, actor: Params, critics_target: Params, vae: Params, obs: torch.Tensor,
+                      next_obs: torch.Tensor, rewards: torch.Tensor, costs: torch.Tensor, terminals: torch.Tensor,
+                      next_eps: torch.Tensor, ood_eps: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """TD targets [members, B]; OOD candidate (obs, actions) [k*B, .]; their OOD mask [k, B]."""
         cfg = self.config
         batch, samples = obs.shape[0], cfg.num_sampled_actions
+        sample = bind(self.actor, actor, "sample")
         with self.autocast():
-            next_actions = self.actor.sample(next_obs)
-            q_next = self.critics_target(next_obs, next_actions).float()
-            sampled_actions = self.actor.sample(obs, samples).reshape(samples * batch, -1).float()
+            next_actions = sample(next_obs, None, next_eps)
+            q_next = bind(self.critics_target, critics_target)(next_obs, next_actions).float()
+            sampled_actions = sample(obs, samples, ood_eps).reshape(samples * batch, -1).float()
             stacked_obs = obs.unsqueeze(0).expand(samples, -1, -1).reshape(samples * batch, -1)
-            latent_mean, latent_std = self.vae.encode(stacked_obs, sampled_actions)
+            latent_mean, latent_std = bind(self.vae, vae, "encode")(stacked_obs, sampled_actions)
         q_reward_next = q_next[self.reward_members].min(dim=0).values
         q_cost_next = q_next[self.cost_members].min(dim=0).values
         discount = cfg.gamma * (1.0 - terminals)
@@ -152,61 +177,60 @@ class CPQ(Learner):
         targets = torch.cat([reward_target.expand(cfg.num_reward_critics, -1),
                              cost_target.expand(cfg.num_cost_critics, -1)])
         kl = latent_kl(latent_mean.float(), latent_std.float()).view(samples, batch)
-        ood_mask = (kl >= torch.quantile(kl, cfg.ood_quantile)).float()
+        ood_mask = (kl >= _quantile(kl.flatten(), cfg.ood_quantile)).float()
         return targets, stacked_obs, sampled_actions, ood_mask
 
-    def _critic_losses_impl(self, obs: torch.Tensor, act: torch.Tensor, targets: torch.Tensor,
+    def _critic_losses_impl(self, critics: Params, obs: torch.Tensor, act: torch.Tensor, targets: torch.Tensor,
                             ood_obs: torch.Tensor, ood_actions: torch.Tensor,
                             ood_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-member TD losses [members] and the mean OOD cost-Q (0-dim, with gradient)."""
         samples, batch = ood_mask.shape
+        critic = bind(self.critics, critics)
         with self.autocast():
-            q = self.critics(obs, act)
-            q_ood = self.critics(ood_obs, ood_actions, members=self.cost_members)
+            q = critic(obs, act)
+            q_ood = critic(ood_obs, ood_actions, self.cost_members)
         td = (q.float() - targets).pow(2).mean(dim=1)
         q_ood = q_ood.float().view(-1, samples, batch)
         return td, (ood_mask * q_ood).mean(dim=1).mean()
 
-    def _actor_loss_impl(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _actor_loss_impl(self, actor: Params, critics: Params, obs: torch.Tensor,
+                         eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gradients reach the actor only."""
+        frozen = {name: p.detach() for name, p in critics.items()}
         with self.autocast():
-            actions = self.actor.sample(obs)
-            q = functional_call(self.critics, self._frozen_critic_params, (obs, actions)).float()
+            actions = bind(self.actor, actor, "sample")(obs, None, eps)
+            q = bind(self.critics, frozen)(obs, actions).float()
         q_reward = q[self.reward_members].min(dim=0).values
         q_cost = q[self.cost_members].min(dim=0).values
         loss = -((q_cost <= self.q_threshold).float() * q_reward).mean()
         return loss, q_reward.detach().mean(), q_cost.detach().mean()
 
-    # ----- one update ---------------------------------------------------------------------------
-    def update(self, batch: Batch) -> Metrics:
-        cfg = self.config
+    # ----- one update (one model, or K stacked: `state.run` maps every phase over the model axis) -----
+    def update_step(self, state: ModelState, batch: Batch, noise: dict[str, torch.Tensor]) -> Metrics:
+        cfg, p = self.config, state.params
         obs = batch.observations
 
-        loss_vae = self._vae_loss(obs, batch.actions)
-        self.vae_optim.zero_grad(set_to_none=True)
-        loss_vae.backward()
-        self.vae_optim.step()
+        loss_vae = state.run(self._vae_loss, p["vae"], obs, batch.actions, noise["vae_eps"])
+        state.step("vae", loss_vae)
 
-        targets, ood_obs, ood_actions, ood_mask = self._targets(obs, batch.next_observations, batch.rewards,
-                                                                batch.costs, batch.terminals)
-        td, ood_q_cost = self._critic_losses(obs, batch.actions, targets, ood_obs, ood_actions, ood_mask)
-        alpha = self.alpha.ascend(self.qc_threshold - ood_q_cost.detach(), cfg.alpha_lr, cfg.alpha_max)
-        loss_critic = td.sum() - alpha * (ood_q_cost - self.qc_threshold)
-        self.critic_optim.zero_grad(set_to_none=True)
-        loss_critic.backward()
-        self.critic_optim.step()
+        targets, ood_obs, ood_actions, ood_mask = state.run(
+            self._targets, p["actor"], p["critics_target"], p["vae"], obs, batch.next_observations, batch.rewards,
+            batch.costs, batch.terminals, noise["next_eps"], noise["ood_eps"])
+        td, ood_q_cost = state.run(self._critic_losses, p["critics"], obs, batch.actions, targets, ood_obs,
+                                   ood_actions, ood_mask)
+        alpha = cast(DualVariable, state.controllers["alpha"]).ascend(self.qc_threshold - ood_q_cost.detach(),
+                                                                       cfg.alpha_lr, cfg.alpha_max)
+        state.step("critics", td.sum(dim=-1) - alpha * (ood_q_cost - self.qc_threshold))
 
-        loss_actor, q_reward, q_cost = self._actor_loss(obs)
-        self.actor_optim.zero_grad(set_to_none=True)
-        loss_actor.backward()
-        self.actor_optim.step()
+        loss_actor, q_reward, q_cost = state.run(self._actor_loss, p["actor"], p["critics"], obs, noise["actor_eps"])
+        state.step("actor", loss_actor)
 
-        soft_update(self.critics_target, self.critics, cfg.tau)
-        self.num_updates += 1
+        lerp_params(p["critics_target"], p["critics"], cfg.tau)
         td = td.detach()
         return {
             "vae_loss": loss_vae.detach(),
-            "reward_critic_loss": td[self.reward_members].sum(),
-            "cost_critic_loss": td[self.cost_members].sum(),
+            "reward_critic_loss": td[..., self.reward_members].sum(dim=-1),
+            "cost_critic_loss": td[..., self.cost_members].sum(dim=-1),
             "ood_q_cost": ood_q_cost.detach(),
             "alpha": alpha,
             "actor_loss": loss_actor.detach(),

@@ -255,11 +255,15 @@ class SquashedGaussianActor(nn.Module):
         log_std = self.log_std(h).clamp(*GAUSSIAN_LOG_STD_RANGE)
         return self.mean(h), log_std.exp()
 
-    def sample(self, obs: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
-        """Reparameterised squashed samples: [B, act_dim], or [num_samples, B, act_dim]."""
+    def sample(self, obs: torch.Tensor, num_samples: int | None = None,
+               eps: torch.Tensor | None = None) -> torch.Tensor:
+        """Reparameterised squashed samples: [B, act_dim], or [num_samples, B, act_dim]; `eps` is the
+        standard normal draw of that shape (drawn here if None)."""
         mean, std = self.distribution(obs)
-        shape = mean.shape if num_samples is None else (num_samples, *mean.shape)
-        return torch.tanh(mean.float() + std.float() * torch.randn(shape, device=mean.device))
+        if eps is None:
+            shape = mean.shape if num_samples is None else (num_samples, *mean.shape)
+            eps = torch.randn(shape, device=mean.device)
+        return torch.tanh(mean.float() + std.float() * eps)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic action tanh(mu(s))."""

@@ -44,7 +44,7 @@ example:
 """
 
 TRAIN_KEYS = ("batch_size", "num_threads", "log_every", "checkpoint_every")
-STACKABLE = ("bc_all", "bc_safe", "bcq_lag")   # kept torch-free for --help; test_commands_train checks it
+STACKABLE = ("bc_all", "bc_safe", "bcq_lag", "cpq")   # kept torch-free for --help; test_commands_train checks it
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

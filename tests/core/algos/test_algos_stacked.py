@@ -27,12 +27,35 @@ def _metric_lines(directory: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("algo", ["bcq_lag", "bc_safe"])
+# CPQ's OOD penalty masks the sampled actions whose latent KL is at or above a batch quantile: a
+# hard threshold, so a summation-order difference can move one sample across it, and from then on
+# the penalised cost critics (only they) drift apart slowly. Everything else must match as tightly.
+CPQ_COST_SIDE_KEYS = ("cost_critic_loss", "q_cost", "ood_q_cost")
+CPQ_COST_SIDE_RTOL = 2e-2
+CPQ_COST_CRITIC_ATOL = 5e-2
+
+
+def _assert_same_networks(mine: dict[str, dict[str, torch.Tensor]], theirs: dict[str, dict[str, torch.Tensor]],
+                          algo: str, seed: int) -> None:
+    for name, their_tensors in theirs.items():
+        for tensor_name, their_tensor in their_tensors.items():
+            my_tensor, message = mine[name][tensor_name], f"seed {seed}: {name}.{tensor_name}"
+            if algo == "cpq" and name in ("critics", "critics_target"):   # [members, ...]: 2 reward, then 2 cost
+                torch.testing.assert_close(my_tensor[:2], their_tensor[:2], rtol=1e-3, atol=1e-4, msg=message)
+                torch.testing.assert_close(my_tensor[2:], their_tensor[2:], rtol=0, atol=CPQ_COST_CRITIC_ATOL,
+                                           msg=message)
+            else:
+                torch.testing.assert_close(my_tensor, their_tensor, rtol=1e-3, atol=1e-4, msg=message)
+
+
+@pytest.mark.parametrize("algo", ["bcq_lag", "bc_safe", "cpq"])
 def test_model_k_of_a_stack_follows_the_single_run_with_seed_k(random_dataset, tiny, tmp_path, algo) -> None:  # type: ignore[no-untyped-def]
     dataset = random_dataset(episodes=12)
     steps = 200
-    # bcq_lag: a cost limit below the critics' values, so that each model's PID multiplier is live
-    live = {"cost_limit": 0.0, "cost_scale": 10.0} if algo == "bcq_lag" else {"cost_limit": 2.0}
+    # bcq_lag: a cost limit below the critics' values, so that each model's PID multiplier is live;
+    # cpq: one at which the OOD penalty's multiplier alpha moves
+    live = {"bcq_lag": {"cost_limit": 0.0, "cost_scale": 10.0}, "bc_safe": {"cost_limit": 2.0},
+            "cpq": {"cost_limit": 2.0}}[algo]
     overrides = {**tiny[algo], **live}
     fit_seeds(algo, dataset, SEEDS, seed_dirs(tmp_path / "stack", SEEDS), StackTrainConfig(**_quiet(steps)),
                          overrides)
@@ -43,17 +66,16 @@ def test_model_k_of_a_stack_follows_the_single_run_with_seed_k(random_dataset, t
         assert len(stacked_lines) == len(single_lines) == steps
         if algo == "bcq_lag":
             assert max(line["lagrange_multiplier"] for line in single_lines) > 0.01
+        if algo == "cpq":
+            assert len({round(line["alpha"], 6) for line in single_lines}) > 10
         for mine, theirs in zip(stacked_lines, single_lines):         # update by update
             for key in theirs:
                 if key not in ("step", "seconds"):
-                    assert mine[key] == pytest.approx(theirs[key], rel=2e-3, abs=2e-4), (seed, mine["step"], key)
+                    rel = CPQ_COST_SIDE_RTOL if algo == "cpq" and key in CPQ_COST_SIDE_KEYS else 2e-3
+                    assert mine[key] == pytest.approx(theirs[key], rel=rel, abs=2e-4), (seed, mine["step"], key)
         reloaded = load_learner(tmp_path / "stack" / f"seed_{seed}")
         assert reloaded.num_updates == single.num_updates == steps
-        for (name, mine_p), theirs_p in zip(reloaded.state_dict()["networks"].items(),
-                                            single.state_dict()["networks"].values()):
-            for tensor_name in theirs_p:
-                torch.testing.assert_close(mine_p[tensor_name], theirs_p[tensor_name], rtol=1e-3, atol=1e-4,
-                                           msg=f"seed {seed}: {name}.{tensor_name}")
+        _assert_same_networks(reloaded.state_dict()["networks"], single.state_dict()["networks"], algo, seed)
 
 
 @pytest.mark.skipif(not native_bf16_available(), reason="this CPU has no native bfloat16: the fused bfloat16 "
@@ -116,8 +138,6 @@ def test_bad_stacks_are_refused_before_training(random_dataset, tiny, tmp_path) 
     dataset = random_dataset()
     with pytest.raises(ConfigError, match="repeats 1"):
         build_stack("bcq_lag", [dataset] * 3, (1, 2, 1), tiny["bcq_lag"])
-    with pytest.raises(ConfigError, match="cpq cannot train several models"):
-        build_stack("cpq", [dataset] * 2, (0, 1), tiny["cpq"])
     with pytest.raises(ConfigError, match=r"need about .* GiB .* at most \d+ fit"):
         build_stack("bcq_lag", [dataset] * 4, (0, 1, 2, 3), tiny["bcq_lag"], memory_limit_bytes=(1 << 30) + 1000)
     taken = seed_dirs(tmp_path, (0,))

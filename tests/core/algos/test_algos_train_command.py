@@ -71,7 +71,6 @@ def test_train_command_trains_several_seeds_as_one_stack(dataset_dir: Path, tmp_
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--algo", "bcq_lag", "--seeds", "1", "2", "1"], "--seeds repeats 1"),
-    (["--algo", "cpq", "--seeds", "1", "2"], "cpq cannot train several seeds"),
     (["--algo", "bcq_lag", "--seeds", "1", "2", "--resume"], "do not resume"),
 ])
 def test_bad_seed_lists_are_one_line_and_write_nothing(dataset_dir: Path, tmp_path: Path, capsys, argv: list[str],
