@@ -80,13 +80,10 @@ def make_rng(rng: RngLike) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def pick_most_unsafe(dataset: OfflineDataset, count: int, cost_threshold: float, pool_factor: float,
-                     rng: np.random.Generator) -> NDArray[Any]:
-    """Episode mask: `count` episodes drawn at random from the most unsafe ones.
-
-    Candidates have a cost return above `cost_threshold`; the draw is from the
-    ceil(pool_factor * count) costliest of them.
-    """
+def _costly_pool(dataset: OfflineDataset, count: int, cost_threshold: float,
+                 pool_factor: float) -> tuple[NDArray[Any], NDArray[Any]]:
+    """The episodes with a cost return above `cost_threshold` (at least `count` of them, else
+    AttackError), and the ceil(pool_factor * count) costliest of those, costliest first."""
     if pool_factor < 1.0:
         raise AttackError(f"pool_factor must be at least 1, got {pool_factor}")
     cost_returns = dataset.episode_cost_returns()
@@ -95,7 +92,17 @@ def pick_most_unsafe(dataset: OfflineDataset, count: int, cost_threshold: float,
         raise AttackError(f"the attack needs {count} episodes with cost return above {cost_threshold:g}, but the "
                           f"dataset has {candidates.size} of {dataset.num_episodes}; lower the rate or the threshold")
     costliest_first = candidates[np.argsort(-cost_returns[candidates], kind="stable")]
-    pool = costliest_first[:max(count, math.ceil(pool_factor * count))]
+    return candidates, costliest_first[:max(count, math.ceil(pool_factor * count))]
+
+
+def pick_most_unsafe(dataset: OfflineDataset, count: int, cost_threshold: float, pool_factor: float,
+                     rng: np.random.Generator) -> NDArray[Any]:
+    """Episode mask: `count` episodes drawn at random from the most unsafe ones.
+
+    Candidates have a cost return above `cost_threshold`; the draw is from the
+    ceil(pool_factor * count) costliest of them.
+    """
+    _, pool = _costly_pool(dataset, count, cost_threshold, pool_factor)
     mask = np.zeros(dataset.num_episodes, dtype=bool)
     mask[rng.choice(pool, size=count, replace=False)] = True
     return mask
@@ -111,20 +118,13 @@ def pick_concentrated_unsafe(dataset: OfflineDataset, count: int, cost_threshold
     show the same behaviour with its true costs; poison concentrated in one region of state-action
     space leaves few true labels there for a critic to average with.
     """
-    if pool_factor < 1.0:
-        raise AttackError(f"pool_factor must be at least 1, got {pool_factor}")
-    cost_returns = dataset.episode_cost_returns()
-    candidates = np.flatnonzero(cost_returns > cost_threshold)
-    if candidates.size < count:
-        raise AttackError(f"the attack needs {count} episodes with cost return above {cost_threshold:g}, but the "
-                          f"dataset has {candidates.size} of {dataset.num_episodes}; lower the rate or the threshold")
+    candidates, pool = _costly_pool(dataset, count, cost_threshold, pool_factor)
     starts, lengths = dataset.episode_starts, dataset.episode_lengths[:, None]
     behaviour = np.concatenate([np.add.reduceat(dataset.observations.astype(np.float64), starts) / lengths,
                                 np.add.reduceat(dataset.actions.astype(np.float64), starts) / lengths], axis=1)
     unsafe = behaviour[candidates]
     standardised = (unsafe - unsafe.mean(axis=0)) / np.maximum(unsafe.std(axis=0), 1e-8)
-    costliest_first = np.argsort(-cost_returns[candidates], kind="stable")
-    anchor = rng.choice(costliest_first[:max(count, math.ceil(pool_factor * count))])
+    anchor = int(np.searchsorted(candidates, rng.choice(pool)))   # its row among the candidates
     distances = np.linalg.norm(standardised - standardised[anchor], axis=1)
     distances[anchor] = -1.0  # the anchor itself, even where another episode behaves identically
     mask = np.zeros(dataset.num_episodes, dtype=bool)
