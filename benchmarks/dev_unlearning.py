@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     # setting may undercut; results files from before "eval_cost_limit" was recorded all used 10.
     limit = float(regime.get("eval_cost_limit", 10.0))
     seeds: list[int] = regime["seeds"]
-    dataset = dataset_for(regime["task"], regime["data_seed"])
+    dataset = dataset_for(regime["task"], regime["data_seed"], regime.get("max_aggressiveness", 1.0))
     poisonings = {seed: poison(dataset, args.attack, seed, regime.get("attack_settings")) for seed in seeds}
     by_label = {m["label"]: m for m in regime["models"]}
 

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     spec = get_task(regime["task"])
     limit = float(regime.get("eval_cost_limit", 10.0))
-    dataset = dataset_for(regime["task"], regime["data_seed"])
+    dataset = dataset_for(regime["task"], regime["data_seed"], regime.get("max_aggressiveness", 1.0))
     poisoning = poison(dataset, args.attack, args.seed, regime.get("attack_settings"))
     retained = poisoning.dataset.subset_episodes(~poisoning.episode_mask)
 

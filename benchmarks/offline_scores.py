@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     spec = get_task(regime["task"])
     limit = float(regime.get("eval_cost_limit", 10.0))
-    dataset = dataset_for(regime["task"], regime["data_seed"])
+    dataset = dataset_for(regime["task"], regime["data_seed"], regime.get("max_aggressiveness", 1.0))
     settings = DynamicsSettings()
 
     def evaluate(learner: Any) -> tuple[float, float]:

@@ -71,11 +71,14 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
     return settings
 
 
-def dataset_for(task: str, data_seed: int) -> OfflineDataset:
-    directory = WORK / "data" / f"{task}-s{data_seed}-b{BEHAVIOUR_VERSION}"
+def dataset_for(task: str, data_seed: int, max_aggressiveness: float = 1.0) -> OfflineDataset:
+    """The scripted dataset (cached under runs/regime/data); `max_aggressiveness` < 1 leaves out the
+    most reckless drivers, so fewer of its episodes are over the cost limit."""
+    suffix = "" if max_aggressiveness == 1.0 else f"-a{max_aggressiveness:g}"
+    directory = WORK / "data" / f"{task}-s{data_seed}-b{BEHAVIOUR_VERSION}{suffix}"
     if directory.exists():
         return DatasetStore.open(directory).load()
-    dataset = collect_episodes(task, seed=data_seed, progress=True)
+    dataset = collect_episodes(task, seed=data_seed, progress=True, aggressiveness_range=(0.0, max_aggressiveness))
     DatasetStore.create(directory, dataset)
     return dataset
 
@@ -122,7 +125,8 @@ def reused_models(args: argparse.Namespace, overrides: dict[str, Any]) -> list[d
     """The clean and retrain models of `args.seeds` from earlier results files (`--reuse-clean`), each
     marked with the file it came from; a file run with other settings is refused."""
     wanted = {"task": args.task, "algo": args.algo, "steps": args.steps, "batch_size": args.batch_size,
-              "data_seed": args.data_seed, "eval_episodes": args.episodes, "eval_cost_limit": args.cost_limit}
+              "data_seed": args.data_seed, "max_aggressiveness": args.max_aggressiveness,
+              "eval_episodes": args.episodes, "eval_cost_limit": args.cost_limit}
     found: dict[str, dict[str, Any]] = {}
     for tag in args.reuse_clean:
         path = RESULTS / f"{tag}.json"
@@ -130,6 +134,7 @@ def reused_models(args: argparse.Namespace, overrides: dict[str, Any]) -> list[d
             raise ConfigError(f"--reuse-clean: no results file {path.relative_to(ROOT)}")
         earlier = json.loads(path.read_text())
         earlier.setdefault("eval_cost_limit", 10.0)     # files from before it was recorded all evaluated at 10
+        earlier.setdefault("max_aggressiveness", 1.0)   # ... and used the whole behaviour range
         for key, value in wanted.items():
             if earlier.get(key) != value:
                 raise ConfigError(f"--reuse-clean {tag}: {key} was {earlier.get(key)!r}, this run has {value!r}")
@@ -151,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algo", default="bcq_lag")
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102, 103, 104])
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the scripted dataset")
+    parser.add_argument("--max-aggressiveness", type=float, default=1.0,
+                        help="collect the dataset with behaviour aggressiveness in [0, this] (default 1: all "
+                             "drivers; lower values leave out the most reckless ones, so fewer episodes are over "
+                             "the cost limit)")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per model")
@@ -172,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_seeds(args.seeds)
+        if not 0.0 < args.max_aggressiveness <= 1.0:
+            raise ConfigError(f"--max-aggressiveness must be in (0, 1], got {args.max_aggressiveness:g}")
         overrides = {"cost_limit": args.cost_limit, **parse_settings(args.set)}
         attack_settings = parse_settings(args.attack_set)
         if args.reuse_clean and not args.attacks:
@@ -182,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stamped = run_stamp("benchmarks/regime.py", argv)           # at the start: the code that trains is the code stamped
     spec = get_task(args.task)
-    dataset = dataset_for(args.task, args.data_seed)
+    dataset = dataset_for(args.task, args.data_seed, args.max_aggressiveness)
     costs, returns = dataset.episode_cost_returns(), dataset.episode_returns()
     under = costs <= args.cost_limit
     behaviour_reward = float(np.mean([spec.normalized_reward(r) for r in returns[under]]))
@@ -246,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {**stamped, "task": args.task, "algo": args.algo, "settings": overrides,
                "attack_settings": attack_settings, "steps": args.steps, "reused_clean_from": args.reuse_clean,
                "batch_size": args.batch_size, "seeds": args.seeds, "data_seed": args.data_seed,
+               "max_aggressiveness": args.max_aggressiveness, "episodes_over_limit": float(np.mean(~under)),
                "behaviour_version": BEHAVIOUR_VERSION, "run_dir": str(run_dir.relative_to(ROOT)),
                "eval_episodes": args.episodes, "eval_cost_limit": args.cost_limit,
                "eval_random_start_steps": spec.eval_random_start_steps,
@@ -266,7 +278,10 @@ def render_markdown(payload: dict[str, Any]) -> str:
              f"{payload['task']}, {payload['algo']} {json.dumps(payload['settings'])}, {payload['steps']} updates, "
              f"batch {payload['batch_size']}, seeds {payload['seeds']}; {payload['eval_episodes']} evaluation "
              f"episodes each ({payload['eval_random_start_steps']} random start steps). Behaviour episodes under "
-             f"the cost limit: mean normalised reward {payload['behaviour_reward_under_limit']:.3f}. "
+             f"the cost limit: mean normalised reward {payload['behaviour_reward_under_limit']:.3f}"
+             + (f"; dataset collected with aggressiveness up to {payload['max_aggressiveness']:g}, "
+                f"{payload['episodes_over_limit']:.0%} of its episodes over the cost limit"
+                if payload.get("max_aggressiveness", 1.0) != 1.0 else "") + ". "
              f"Trained as one stack in {payload['train_seconds']:.0f} s. Commit {payload['commit']}, "
              f"host {payload['host']}." + reuse_note, "",
              "| kind | safe | safe and reward >= behaviour | mean reward | mean cost | Q_c plateaued | lambda plateaued |",
