@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["safe_rule", "finetune"], choices=APPROXIMATE_METHODS)
     parser.add_argument("--steps", type=int, default=500, help="unlearning updates per method")
     parser.add_argument("--unlearn-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="unlearn only these training seeds of the regime (default: all of them); a tuning "
+                             "round names the dev seeds only (exact retraining still covers every seed, cached)")
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--unlearn-set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
@@ -121,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     if not regime_file.is_file():
         parser.error(f"no regime results {regime_file}")
     regime = json.loads(regime_file.read_text())
+    unknown = sorted(set(args.seeds or []) - set(regime["seeds"]))
+    if unknown:
+        parser.error(f"--seeds {' '.join(map(str, unknown))}: not among the regime's seeds {regime['seeds']}")
+    unlearned_seeds = set(args.seeds or regime["seeds"])
     run_dir = args.run_dir or (ROOT / regime["run_dir"] if "run_dir" in regime else None)
     if run_dir is None or not run_dir.is_dir():
         parser.error("the regime results file names no run folder that exists here; give --run-dir")
@@ -165,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cases: list[dict[str, Any]] = []
     for seed, retrain_dir in zip(seeds, retrain_dirs):
+        if seed not in unlearned_seeds:
+            continue
         clean = by_label[f"clean-s{seed}"]
         poisoned = by_label[f"{args.attack}-s{seed}"]
         retrained = evaluate(load_learner(retrain_dir))
