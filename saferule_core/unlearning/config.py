@@ -35,7 +35,7 @@ def _check_fraction(owner: str, name: str, value: float, *, open_top: bool = Fal
 
 
 CRITIC_RESETS: tuple[str, ...] = ("none", "cost", "all")
-SELECTION_SCORES: tuple[str, ...] = ("critic", "model")
+SELECTION_SCORES: tuple[str, ...] = ("critic", "model", "model_cost")
 SNAPSHOT_PHASES: tuple[str, ...] = ("repair", "suppress")
 
 
@@ -75,14 +75,16 @@ class SafeRuleConfig:
     reset_actor: bool = False          # BCQ-Lag: the actor starts again from "no perturbation" before the refit
     select_every: int = 25             # snapshot spacing for the offline checkpoint choice (0: keep the last)
     select_from: str = "repair"        # one of SNAPSHOT_PHASES: snapshots from the repair only, or from suppression on
-    # How the checkpoint choice scores a candidate's reward (its cost is always the final cost critics'
-    # value): "critic" = Q_r at retained start states; "model" = the return of rollouts in a dynamics
-    # model fitted on the retained data (unlearning/dynamics.py), which sees a stopped policy.
+    # How the checkpoint choice scores a candidate: "critic" = Q_r and Q_c at retained start states (cost
+    # within q*); "model" = reward by the return of rollouts in a dynamics model fitted on the retained
+    # data (unlearning/dynamics.py), which sees a stopped policy, cost by the final cost critics;
+    # "model_cost" = both by the rollouts (cost return within the learner's cost_limit): the simulated
+    # cost ranked true cost at 0.82 where the cost critics' value did at 0.22 (offline_scores.py).
     # Round 5 (docs/safe_rule.md): "model" ranked snapshots by true reward with rank correlation 0.92 over
     # the dev cases where Q_r's was 0.16, and raised joint success from 7/10 to 8/10 (10/10 safe).
     select_by: str = "model"
-    model_updates_per_step: float = 1.5  # dynamics-model updates per unlearning update ("model" only)
-    model_starts: int = 64             # simulated episodes per candidate ("model" only)
+    model_updates_per_step: float = 1.5  # dynamics-model updates per unlearning update ("model*" only)
+    model_starts: int = 64             # simulated episodes per candidate ("model*" only)
 
     def validate(self) -> None:
         _check_fraction("safe_rule", "repair_fraction", self.repair_fraction, open_top=True)

@@ -247,22 +247,26 @@ def _choose_checkpoint(session: Session, parts: ModelParts,
                        snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]]) -> int:
     """Score every snapshot's policy on retained initial states: its cost value by the final critics
     (the ones trained longest on retained data, one yardstick for all), its reward by the final reward
-    critics or, with select_by "model", by rollouts in a dynamics model of the retained data. Among
-    those with cost value <= q*, the highest reward; if none is within q*, the lowest cost value.
-    Loads the chosen snapshot into the learner and returns its step."""
+    critics or, with select_by "model", by rollouts in a dynamics model of the retained data; with
+    "model_cost" both reward and cost by those rollouts. Among those within the cost threshold (q*
+    for a cost value, the learner's cost_limit for a simulated cost return), the highest reward; if
+    none is within it, the lowest cost. Loads the chosen snapshot into the learner and returns its step."""
     cfg = session.config.safe_rule
     states = ScoringStates.of(session.learner, session.split, session.config.seed)
     candidate = clone_learner(session.learner)
     candidate_parts = model_parts(candidate)
-    simulate = _model_scorer(session) if cfg.select_by == "model" else None
+    simulate = _model_scorer(session) if cfg.select_by in ("model", "model_cost") else None
     cost_values, reward_values = [], []
     for _step, state in snapshots:
         load_network_state(candidate, state)
         score = offline_estimates(parts, states, policy=candidate_parts)
-        cost_values.append(score["cost_value"])
-        reward_values.append(simulate(candidate_parts)[0] if simulate is not None else score["reward_value"])
+        simulated = simulate(candidate_parts) if simulate is not None else None
+        reward_values.append(simulated[0] if simulated is not None else score["reward_value"])
+        cost_values.append(simulated[1] if simulated is not None and cfg.select_by == "model_cost"
+                           else score["cost_value"])
     cost, reward = np.array(cost_values), np.array(reward_values)
-    threshold = float(parts.q_threshold or 0.0)
+    threshold = (float(session.learner.config.cost_limit) if cfg.select_by == "model_cost"
+                 else float(parts.q_threshold or 0.0))
     within = cost <= threshold
     best = int(np.flatnonzero(within)[np.argmax(reward[within])]) if within.any() else int(np.argmin(cost))
     step, state = snapshots[best]

@@ -242,6 +242,28 @@ def test_model_scored_choice_ranks_reward_by_rollouts_and_cost_by_the_critics(
     assert not critic_scores and not rollout_scores
 
 
+def test_model_cost_choice_takes_cost_from_the_rollouts_against_the_cost_limit(
+        trained: dict[str, Learner], dataset: OfflineDataset, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import saferule_core.unlearning.safe_rule as safe_rule_module
+
+    limit = trained["bcq_lag"].config.cost_limit
+    assert limit > 0
+    # the critics call every candidate cheap; the rollouts see the first and the third over the limit
+    critic_scores = [(9.0, 0.0), (1.0, 0.0), (5.0, 0.0)]
+    rollout_scores = [(30.0, 3.0 * limit), (8.0, 0.5 * limit), (20.0, 1.5 * limit)]
+    monkeypatch.setattr(safe_rule_module, "offline_estimates",
+                        lambda *args, **kwargs: dict(zip(("reward_value", "cost_value"), critic_scores.pop(0))))
+    monkeypatch.setattr(safe_rule_module, "rollout_returns", lambda *args, **kwargs: rollout_scores.pop(0))
+    config = small_config(steps=20, safe_rule={"select_every": 5, "repair_fraction": 0.5, "select_by": "model_cost",
+                                               "model_starts": 4})   # snapshots at 10, 15, 20
+    seed_everything(0)
+    _, report = unlearn(trained["bcq_lag"], dataset, forget_mask_of(dataset), "safe_rule", config)
+    choice = next(h for h in report.history if "selected_step" in h)
+    assert (choice["selected_step"], choice["selected_reward_value"]) == (15.0, 8.0)
+    assert choice["selected_cost_value"] == 0.5 * limit and choice["candidates_within_threshold"] == 1.0
+    assert not critic_scores and not rollout_scores
+
+
 def test_snapshots_from_suppression_on_widen_the_candidates(trained: dict[str, Learner], dataset: OfflineDataset) -> None:
     import pytest
 
