@@ -55,6 +55,10 @@ class SafeRuleConfig:
     critic_refit_fraction: float = 0.2  # share of the steps, first, in which only critics, behaviour model and
                                         # multiplier learn (retained data; the actor holds still)
     repair_fraction: float = 0.1       # share of UnlearnConfig.steps spent repairing on retained data only
+    # Before the refit, the cost critic members regressed for this share of the steps on the retained data's
+    # logged discounted cost-to-go (Monte Carlo: no horizon to bootstrap through), so that the TD refit starts
+    # from costs of the right size instead of the poisoned values (round 9, docs/safe_rule.md). 0: off.
+    cost_return_fit_fraction: float = 0.0
     # The critic hinges are off by default: on the gate-2 regime's dev seeds they inflate Q_c on
     # retained states and stop the policy (0/10 joint success at w_r = w_c = 10; docs/safe_rule.md).
     reward_weight: float = 0.0         # w_r
@@ -99,6 +103,7 @@ class SafeRuleConfig:
                             max_reward_drop=self.max_reward_drop, max_cost_rise=self.max_cost_rise)
         _check_positive("safe_rule", actor_margin=self.actor_margin, temperature=self.temperature)
         _check_fraction("safe_rule", "behaviour_quantile", self.behaviour_quantile)
+        _check_non_negative("safe_rule", cost_return_fit_fraction=self.cost_return_fit_fraction)
         if self.reset_critics not in CRITIC_RESETS:
             raise UnlearningError(f"safe_rule.reset_critics must be one of {', '.join(CRITIC_RESETS)}, "
                                   f"got {self.reset_critics!r}")

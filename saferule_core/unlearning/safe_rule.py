@@ -220,6 +220,8 @@ def run_safe_rule(session: Session) -> MethodOutcome:
         parts.reset_critic_members(members, generator)
     if cfg.reset_actor:
         parts.reset_actor_to_behaviour(generator)
+    if cfg.cost_return_fit_fraction > 0 and parts.has_critics:
+        _fit_cost_members_to_returns(session, parts, int(round(cfg.cost_return_fit_fraction * total)), generator)
     # Refit: the critics (and the multiplier) learn the retained data's values of the current policy
     # before the actor moves on them; the forget terms wait for the actor.
     with held_still(parts.actor_optimizer):
@@ -241,6 +243,24 @@ def run_safe_rule(session: Session) -> MethodOutcome:
         return MethodOutcome()
     session.report_progress("select", 1.0)
     return MethodOutcome(selected_step=_choose_checkpoint(session, parts, snapshots))
+
+
+def _fit_cost_members_to_returns(session: Session, parts: ModelParts, steps: int, generator: torch.Generator) -> None:
+    """The cost members regressed on the retained data's logged discounted cost-to-go (in the
+    learner's cost scale), before the budget's learner updates; counted in the report's updates."""
+    learner = session.learner
+    assert parts.gamma is not None
+    data = learner.training_data(session.split.retained, learner.config)
+    stats, device = learner.info.stats, learner.device
+    observations = torch.from_numpy(stats.normalize_observations(data.observations)).float().to(device)
+    actions = torch.from_numpy(stats.actions_to_unit(data.actions)).float().to(device)
+    targets = torch.from_numpy(parts.cost_scale * data.discounted_costs_to_go(parts.gamma)).float().to(device)
+    error = parts.fit_cost_members(observations, actions, targets, steps, session.config.batch_size, generator)
+    session.updates += steps
+    session.history.append({"update": float(session.updates), "cost_fit_steps": float(steps),
+                            "cost_fit_mse": error})
+    session.report_progress("cost-fit", 0.0)
+    session.check_stop("cost-fit")
 
 
 def _choose_checkpoint(session: Session, parts: ModelParts,

@@ -305,3 +305,45 @@ def test_reset_actor_to_behaviour_perturbs_nothing_and_needs_a_bcq_model(trained
         model_parts(clone_learner(trained["cpq"])).reset_actor_to_behaviour(torch.Generator())
     with pytest.raises(UnlearningError, match="reset_actor must be true or false"):
         SafeRuleConfig(reset_actor="yes").validate()  # type: ignore[arg-type]
+
+
+def test_cost_members_fit_the_logged_cost_to_go_and_nothing_else_moves() -> None:
+    from tests.core.unlearning.conftest import train_tiny
+
+    data = _costly_dataset()
+    learner = train_tiny("bcq_lag", data, steps=50)
+    parts = model_parts(learner)
+    assert parts.critics is not None and parts.critics_target is not None and parts.gamma is not None
+    stats = learner.info.stats
+    observations = torch.from_numpy(stats.normalize_observations(data.observations)).float()
+    actions = torch.from_numpy(stats.actions_to_unit(data.actions)).float()
+    targets = torch.from_numpy(data.discounted_costs_to_go(parts.gamma)).float()
+    assert targets.max() > 1.0                                   # the costly episodes' cost-to-go
+
+    def cost_error() -> float:
+        with torch.no_grad():
+            return float((parts.q_values(observations, actions)[parts.cost_members] - targets).pow(2).mean())
+
+    before = {name: p.detach().clone() for name, p in parts.critics.named_parameters()}
+    error_before = cost_error()
+    generator = torch.Generator().manual_seed(0)
+    parts.fit_cost_members(observations, actions, targets, steps=300, batch_size=64, generator=generator)
+    assert cost_error() < 0.3 * error_before
+    for name, p in parts.critics.named_parameters():
+        torch.testing.assert_close(p[parts.reward_members], before[name][parts.reward_members], rtol=0, atol=0)
+    for (name, p), target in zip(parts.critics.named_parameters(), parts.critics_target.parameters()):
+        torch.testing.assert_close(target[parts.cost_members], p[parts.cost_members], rtol=0, atol=0, msg=name)
+
+
+def test_safe_rule_with_a_cost_return_fit_counts_its_updates() -> None:
+    from tests.core.unlearning.conftest import train_tiny
+
+    data = _costly_dataset()
+    learner = train_tiny("bcq_lag", data, steps=50)
+    seed_everything(0)
+    config = small_config(steps=40, safe_rule={"select_every": 4, "repair_fraction": 0.5,
+                                               "cost_return_fit_fraction": 0.5})
+    _, report = unlearn(learner, data, forget_mask_of(data), "safe_rule", config)
+    fit = next(h for h in report.history if "cost_fit_steps" in h)
+    assert fit["cost_fit_steps"] == 20.0 and np.isfinite(fit["cost_fit_mse"])
+    assert report.updates == 60
