@@ -5,13 +5,7 @@
 # regress on the retained data's logged discounted cost-to-go (Monte Carlo targets, nothing to bootstrap),
 # for 20% or 50% extra updates, with the defaults and with the checkpoint choice by the model's cost.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-REGIME=devall-b3-cpess-phi45-tau05-h64-budget08-ln-train8-relabel-pool1
-run() {
-  local tag=$1 steps=$2; shift 2
-  .venv/bin/python benchmarks/dev_unlearning.py --regime "$REGIME" --tag "$tag" --methods safe_rule \
-    --steps "$steps" --unlearn-seeds 0 1 --seeds 100 101 103 --unlearn-set "$@"
-}
+source "$(dirname "$0")/pool1_dev_split.sh"
 run pool1-r10-1000-cost-fit20 1000 safe_rule.cost_return_fit_fraction=0.2
 run pool1-r10-1000-cost-fit50 1000 safe_rule.cost_return_fit_fraction=0.5
 run pool1-r10-1000-cost-fit50-model-cost 1000 safe_rule.cost_return_fit_fraction=0.5 safe_rule.select_by=model_cost

@@ -4,13 +4,7 @@
 # with round 5's defaults Safe-RULE leaves them safe but stopped (devall-pool1-r5-defaults-1000). Tried here on
 # the valid dev cases (100, 101, 103): the defaults again, a fresh actor (reset_actor), twice the budget, and both.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-REGIME=devall-b3-cpess-phi45-tau05-h64-budget08-ln-train8-relabel-pool1
-run() {
-  local tag=$1 steps=$2; shift 2
-  .venv/bin/python benchmarks/dev_unlearning.py --regime "$REGIME" --tag "$tag" --methods safe_rule \
-    --steps "$steps" --unlearn-seeds 0 1 --seeds 100 101 103 --unlearn-set "$@"
-}
+source "$(dirname "$0")/pool1_dev_split.sh"
 run pool1-r7-1000-defaults 1000
 run pool1-r7-1000-reset-actor 1000 safe_rule.reset_actor=true
 run pool1-r7-2000 2000

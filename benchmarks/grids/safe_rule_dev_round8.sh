@@ -5,13 +5,7 @@
 # forget (full-throttle) actions. Tried here, each on round 5's defaults at 1000 updates: the cost critic
 # members re-drawn before a longer refit (half the budget); the actor's forget terms off; both.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-REGIME=devall-b3-cpess-phi45-tau05-h64-budget08-ln-train8-relabel-pool1
-run() {
-  local tag=$1 steps=$2; shift 2
-  .venv/bin/python benchmarks/dev_unlearning.py --regime "$REGIME" --tag "$tag" --methods safe_rule \
-    --steps "$steps" --unlearn-seeds 0 1 --seeds 100 101 103 --unlearn-set "$@"
-}
+source "$(dirname "$0")/pool1_dev_split.sh"
 run pool1-r8-1000-reset-cost-refit50 1000 safe_rule.reset_critics=cost safe_rule.critic_refit_fraction=0.5
 run pool1-r8-1000-no-actor-terms 1000 safe_rule.actor_weight=0 safe_rule.state_repair_weight=0
 run pool1-r8-1000-reset-cost-refit50-no-actor-terms 1000 safe_rule.reset_critics=cost \

@@ -5,13 +5,7 @@
 # critics (0.82 vs 0.22, offline_scores.py). Tried here: select_by model_cost (reward and cost from the
 # rollouts) at 1000 and 2000 updates, and with snapshots from suppression on (more, earlier candidates).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-REGIME=devall-b3-cpess-phi45-tau05-h64-budget08-ln-train8-relabel-pool1
-run() {
-  local tag=$1 steps=$2; shift 2
-  .venv/bin/python benchmarks/dev_unlearning.py --regime "$REGIME" --tag "$tag" --methods safe_rule \
-    --steps "$steps" --unlearn-seeds 0 1 --seeds 100 101 103 --unlearn-set "$@"
-}
+source "$(dirname "$0")/pool1_dev_split.sh"
 run pool1-r9-1000-model-cost 1000 safe_rule.select_by=model_cost
 run pool1-r9-1000-model-cost-from-suppress 1000 safe_rule.select_by=model_cost safe_rule.select_from=suppress
 run pool1-r9-2000-model-cost 2000 safe_rule.select_by=model_cost

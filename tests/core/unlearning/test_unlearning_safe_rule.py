@@ -221,47 +221,45 @@ def test_reset_critic_members_redraws_only_those_members_and_their_targets(train
     assert torch.isfinite(parts.q_values(obs, act)).all()
 
 
-def test_model_scored_choice_ranks_reward_by_rollouts_and_cost_by_the_critics(
-        trained: dict[str, Learner], dataset: OfflineDataset, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def _choice_with_scores(learner: Learner, dataset: OfflineDataset, monkeypatch, select_by: str,  # type: ignore[no-untyped-def]
+                        critic_scores: list[tuple[float, float]],
+                        rollout_scores: list[tuple[float, float]]) -> dict[str, float]:
+    """The checkpoint choice among the snapshots at 10, 15 and 20 of a 20-update run, with each
+    snapshot's (reward, cost) scores by the critics and by the rollouts given; every score is used."""
     import saferule_core.unlearning.safe_rule as safe_rule_module
 
-    threshold = model_parts(trained["bcq_lag"]).q_threshold
-    assert threshold is not None and threshold > 0
-    critic_scores = [(9.0, 0.5 * threshold), (1.0, 0.5 * threshold), (5.0, 2.0 * threshold)]
-    rollout_scores = [(1.0, 0.0), (8.0, 0.0), (20.0, 0.0)]     # the critic's favourite has stopped
     monkeypatch.setattr(safe_rule_module, "offline_estimates",
                         lambda *args, **kwargs: dict(zip(("reward_value", "cost_value"), critic_scores.pop(0))))
     monkeypatch.setattr(safe_rule_module, "rollout_returns", lambda *args, **kwargs: rollout_scores.pop(0))
-    config = small_config(steps=20, safe_rule={"select_every": 5, "repair_fraction": 0.5, "select_by": "model",
-                                               "model_starts": 4})   # snapshots at 10, 15, 20
+    config = small_config(steps=20, safe_rule={"select_every": 5, "repair_fraction": 0.5, "select_by": select_by,
+                                               "model_starts": 4})
     seed_everything(0)
-    _, report = unlearn(trained["bcq_lag"], dataset, forget_mask_of(dataset), "safe_rule", config)
-    choice = next(h for h in report.history if "selected_step" in h)
+    _, report = unlearn(learner, dataset, forget_mask_of(dataset), "safe_rule", config)
+    assert not critic_scores and not rollout_scores
+    return next(h for h in report.history if "selected_step" in h)
+
+
+def test_model_scored_choice_ranks_reward_by_rollouts_and_cost_by_the_critics(
+        trained: dict[str, Learner], dataset: OfflineDataset, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    threshold = model_parts(trained["bcq_lag"]).q_threshold
+    assert threshold is not None and threshold > 0
+    choice = _choice_with_scores(trained["bcq_lag"], dataset, monkeypatch, "model",
+                                 critic_scores=[(9.0, 0.5 * threshold), (1.0, 0.5 * threshold), (5.0, 2.0 * threshold)],
+                                 rollout_scores=[(1.0, 0.0), (8.0, 0.0), (20.0, 0.0)])  # the critic's favourite stopped
     # the third has the best simulated reward but is over the cost threshold: the second is chosen
     assert (choice["selected_step"], choice["selected_reward_value"]) == (15.0, 8.0)
-    assert not critic_scores and not rollout_scores
 
 
 def test_model_cost_choice_takes_cost_from_the_rollouts_against_the_cost_limit(
         trained: dict[str, Learner], dataset: OfflineDataset, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import saferule_core.unlearning.safe_rule as safe_rule_module
-
     limit = trained["bcq_lag"].config.cost_limit
     assert limit > 0
     # the critics call every candidate cheap; the rollouts see the first and the third over the limit
-    critic_scores = [(9.0, 0.0), (1.0, 0.0), (5.0, 0.0)]
-    rollout_scores = [(30.0, 3.0 * limit), (8.0, 0.5 * limit), (20.0, 1.5 * limit)]
-    monkeypatch.setattr(safe_rule_module, "offline_estimates",
-                        lambda *args, **kwargs: dict(zip(("reward_value", "cost_value"), critic_scores.pop(0))))
-    monkeypatch.setattr(safe_rule_module, "rollout_returns", lambda *args, **kwargs: rollout_scores.pop(0))
-    config = small_config(steps=20, safe_rule={"select_every": 5, "repair_fraction": 0.5, "select_by": "model_cost",
-                                               "model_starts": 4})   # snapshots at 10, 15, 20
-    seed_everything(0)
-    _, report = unlearn(trained["bcq_lag"], dataset, forget_mask_of(dataset), "safe_rule", config)
-    choice = next(h for h in report.history if "selected_step" in h)
+    choice = _choice_with_scores(trained["bcq_lag"], dataset, monkeypatch, "model_cost",
+                                 critic_scores=[(9.0, 0.0), (1.0, 0.0), (5.0, 0.0)],
+                                 rollout_scores=[(30.0, 3.0 * limit), (8.0, 0.5 * limit), (20.0, 1.5 * limit)])
     assert (choice["selected_step"], choice["selected_reward_value"]) == (15.0, 8.0)
     assert choice["selected_cost_value"] == 0.5 * limit and choice["candidates_within_threshold"] == 1.0
-    assert not critic_scores and not rollout_scores
 
 
 def test_snapshots_from_suppression_on_widen_the_candidates(trained: dict[str, Learner], dataset: OfflineDataset) -> None:
