@@ -172,13 +172,20 @@ class ModelParts:
         same in the target critics, and Adam restarted for the critics: their old values are gone."""
         if self.critics is None or self.critics_target is None or self.critic_optimizer is None:
             raise UnlearningError(f"{self.learner.info.algo} has no critics to reset")
-        for layer, target in zip(self.critics.modules(), self.critics_target.modules()):
-            if not isinstance(layer, EnsembleLinear):
-                continue
-            layer.init_members(members, generator)
-            for name in ("weight", "bias"):
-                getattr(target, name)[members] = getattr(layer, name)[members]
+        for layer in self.critics.modules():
+            if isinstance(layer, EnsembleLinear):
+                layer.init_members(members, generator)
+        self._copy_members_to_target(members)
         self.critic_optimizer.state.clear()
+
+    @torch.no_grad()
+    def _copy_members_to_target(self, members: slice) -> None:
+        """The target critics' `members` set to the critics' own."""
+        assert self.critics is not None and self.critics_target is not None
+        for layer, target in zip(self.critics.modules(), self.critics_target.modules()):
+            if isinstance(layer, EnsembleLinear):
+                for name in ("weight", "bias"):
+                    getattr(target, name)[members] = getattr(layer, name)[members]
 
     def fit_cost_members(self, observations: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,
                          steps: int, batch_size: int, generator: torch.Generator) -> float:
@@ -200,11 +207,7 @@ class ModelParts:
             loss.backward()
             optimizer.step()
             error = loss.detach() / q_cost.shape[0]
-        with torch.no_grad():
-            for layer, target in zip(self.critics.modules(), self.critics_target.modules()):
-                if isinstance(layer, EnsembleLinear):
-                    for name in ("weight", "bias"):
-                        getattr(target, name)[self.cost_members] = getattr(layer, name)[self.cost_members]
+        self._copy_members_to_target(self.cost_members)
         return float(error)
 
     @torch.no_grad()
