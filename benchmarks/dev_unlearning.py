@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from regime import dataset_for, parse_settings, poison  # noqa: E402
+from regime import parse_settings, poison, regime_dataset  # noqa: E402
 from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_learner, policy_function  # noqa: E402
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     # setting may undercut; results files from before "eval_cost_limit" was recorded all used 10.
     limit = float(regime.get("eval_cost_limit", 10.0))
     seeds: list[int] = regime["seeds"]
-    dataset = dataset_for(regime["task"], regime["data_seed"], regime.get("max_aggressiveness", 1.0))
+    dataset = regime_dataset(regime)
     poisonings = {seed: poison(dataset, args.attack, seed, regime.get("attack_settings")) for seed in seeds}
     by_label = {m["label"]: m for m in regime["models"]}
 

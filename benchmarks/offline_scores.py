@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from dev_unlearning import REGIME_RESULTS, RESULTS, evaluate_normalised  # noqa: E402
-from regime import dataset_for, poison  # noqa: E402
+from regime import poison, regime_dataset  # noqa: E402
 from stamp import run_stamp, write_results  # noqa: E402
 
 from saferule_core.algos.batch import BatchSampler  # noqa: E402
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     spec = get_task(regime["task"])
     limit = float(regime.get("eval_cost_limit", 10.0))
-    dataset = dataset_for(regime["task"], regime["data_seed"], regime.get("max_aggressiveness", 1.0))
+    dataset = regime_dataset(regime)
     settings = DynamicsSettings()
 
     def evaluate(learner: Any) -> tuple[float, float]:

@@ -83,6 +83,12 @@ def dataset_for(task: str, data_seed: int, max_aggressiveness: float = 1.0) -> O
     return dataset
 
 
+def regime_dataset(regime: dict[str, Any]) -> OfflineDataset:
+    """The dataset a regime results file was trained on (files from before max_aggressiveness was
+    recorded used the whole behaviour range)."""
+    return dataset_for(regime["task"], regime["data_seed"], regime.get("max_aggressiveness", 1.0))
+
+
 def random_forget(dataset: OfflineDataset, seed: int) -> OfflineDataset:
     rng = np.random.default_rng([seed, 0xF0])
     count = max(1, int(round(FORGET_FRACTION * dataset.num_episodes)))
