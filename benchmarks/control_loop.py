@@ -652,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     stamped = run_stamp("benchmarks/control_loop.py", list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of control loop")
-    parser.add_argument("--rate", type=float, default=100.0, help="control rate, Hz")
+    parser.add_argument("--rate", type=float, default=100.0,
+                        help="control rate, Hz (the fleet runs at 50; a rate other than 100 writes control_loop_<rate>hz.*)")
     parser.add_argument("--swaps", type=int, default=10)
     parser.add_argument("--churn", type=float, default=20.0, help="seconds of DDS graph churn after the control run")
     parser.add_argument("--quick", action="store_true",
@@ -688,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
                           "load_before": [round(v, 2) for v in load_before],
                           "load_after": [round(v, 2) for v in os.getloadavg()]}, **measured}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "control_loop_quick" if args.quick else "control_loop"
+    # The default rate (100 Hz, twice the fleet's 50 Hz) keeps the plain names; another rate names its files.
+    name = ("control_loop_quick" if args.quick else "control_loop") + ("" if args.rate == 100.0 else f"_{args.rate:g}hz")
     atomic_write_json(args.out / f"{name}.json", result)
     text = markdown(result)
     atomic_write_text(args.out / f"{name}.md", text)
