@@ -27,7 +27,7 @@ from saferule_ros.bringup import PACKAGE, FleetArgs, NodeSpec, fleet_nodes, laun
 def ros_node(spec: NodeSpec) -> Node:
     return Node(package=spec.package, executable=spec.executable, name=spec.name, namespace=spec.namespace,
                 parameters=list(spec.parameters), remappings=list(spec.remappings), output="screen",
-                emulate_tty=True)
+                emulate_tty=True, additional_env=dict(spec.environment))
 
 
 def launch_fleet(context: LaunchContext) -> list[Node]:

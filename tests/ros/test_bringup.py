@@ -123,6 +123,22 @@ def test_fleet_args_refuse_what_cannot_be_a_fleet(tmp_path: Path) -> None:
         fleet_nodes(FleetArgs(data_root=str(tmp_path), config_dir=str(tmp_path)))
 
 
+def test_control_rt_priority_reaches_only_the_control_path_processes(tmp_path: Path) -> None:
+    from saferule_ros.control_path import RT_PRIORITY
+
+    plain = fleet_nodes(FleetArgs(data_root=str(tmp_path)))
+    assert all(spec.environment == () for spec in plain)
+    raised = by_label(fleet_nodes(FleetArgs(robots=2, data_root=str(tmp_path), control_rt_priority=20)))
+    control = {label for label, spec in raised.items() if spec.name in ("sim_robot", "policy_runner")}
+    assert len(control) == 4
+    for label, spec in raised.items():
+        assert spec.environment == (((RT_PRIORITY, "20"),) if label in control else ()), label
+    assert FleetArgs.from_strings({"control_rt_priority": "20"}).control_rt_priority == 20
+    for bad in (-1, 100):
+        with pytest.raises(FleetConfigError, match="control_rt_priority must be 0 .off. or 1-99"):
+            FleetArgs(control_rt_priority=bad)
+
+
 def test_fleet_args_from_launch_strings() -> None:
     fleet = FleetArgs.from_strings({"robots": "2", "control_rate": "20", "behaviour_drivers": "true",
                                     "compromised_robot": "", "task": "BallRun"})
@@ -159,6 +175,12 @@ def test_show_prints_one_command_per_node(tmp_path: Path) -> None:
     assert len(lines) == len(expected)
     assert all(f"-m saferule_ros.{spec.executable} " in line and f"__node:={spec.name}" in line
                for line, spec in zip(lines, expected))
+    raised = subprocess.run([sys.executable, "-m", "saferule_ros.bringup", "show", "--robots", "1", "--data-root",
+                             str(tmp_path), "--control-rt-priority", "20"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert raised.returncode == 0, raised.stderr
+    prefixed = [line for line in raised.stdout.splitlines() if line.startswith("SAFERULE_CONTROL_RT_PRIORITY=20 ")]
+    assert len(prefixed) == 2 and all("sim_robot" in line or "policy_runner" in line for line in prefixed)
     bad = subprocess.run([sys.executable, "-m", "saferule_ros.bringup", "show", "--robots", "0"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "at least one robot" in bad.stderr and "Traceback" not in bad.stderr

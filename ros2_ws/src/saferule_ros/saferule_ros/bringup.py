@@ -37,6 +37,7 @@ from types import FrameType
 from typing import Any
 
 from saferule_core.errors import SafeRuleError
+from saferule_ros.control_path import RT_PRIORITY
 
 PACKAGE = "saferule_ros"
 ROBOT_PREFIX = "robot_"
@@ -61,6 +62,7 @@ class NodeSpec:
     namespace: str                   # "/robot_1", or "/" for fleet-wide nodes
     parameters: tuple[ParameterSource, ...] = ()   # applied in order: later sources win
     remappings: tuple[tuple[str, str], ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()  # variables set for this node's process only
 
     @property
     def label(self) -> str:
@@ -142,6 +144,9 @@ class FleetArgs:
                                       "none use it; so does the fleet monitor)")
     method: str = _arg("safe_rule", "unlearning method the monitor asks for")
     control_rate: float = _arg(50.0, "steps per second of every sim_robot")
+    control_rt_priority: int = _arg(0, "SCHED_FIFO priority (1-99) of every sim_robot and policy_runner, so that "
+                                       "other processes starting wait for the control loop (needs CAP_SYS_NICE or "
+                                       "an rtprio limit; refused with one line otherwise); 0 = normal scheduling")
     compromised_robot: str = _arg("", "robot whose data the monitor forgets when costs rise, e.g. robot_3 "
                                       "('' = none)")
     behaviour_drivers: bool = _arg(False, "drive every robot with scripted behaviours until its runner has a policy")
@@ -160,6 +165,8 @@ class FleetArgs:
             raise FleetConfigError(f"a fleet needs at least one robot, got robots={self.robots}")
         if not self.control_rate > 0:
             raise FleetConfigError(f"control_rate must be > 0 Hz, got {self.control_rate}")
+        if not 0 <= self.control_rt_priority <= 99:
+            raise FleetConfigError(f"control_rt_priority must be 0 (off) or 1-99, got {self.control_rt_priority}")
         if not self.bag_split_s > 0:
             raise FleetConfigError(f"bag_split_s must be > 0, got {self.bag_split_s}")
         if not self.data_root:
@@ -243,17 +250,18 @@ def fleet_nodes(args: FleetArgs) -> list[NodeSpec]:
     layout = args.layout
     verify_key = str(layout.key_dir / "verify_key")
     specs: list[NodeSpec] = []
+    control_env = ((RT_PRIORITY, str(args.control_rt_priority)),) if args.control_rt_priority else ()
     for index, robot in enumerate(args.robot_ids):
         namespace = f"/{robot}"
         specs.append(NodeSpec(PACKAGE, "sim_robot", "sim_robot", namespace, (
             _yaml(config, "sim_robot"),
             {"task": args.task, "rate_hz": float(args.control_rate), "seed": args.seed * 1000 + index,
              "tamper_cost_log": args.poison_logs and robot == args.compromised_robot},
-        )))
+        ), environment=control_env))
         specs.append(NodeSpec(PACKAGE, "policy_runner", "policy_runner", namespace, (
             _yaml(config, "policy_runner"),
             {"registry_dir": str(layout.registry_dir), "verify_key": verify_key},
-        )))
+        ), environment=control_env))
         if args.behaviour_drivers:
             low, high = RECKLESS_AGGRESSIVENESS if robot == args.compromised_robot else CAUTIOUS_AGGRESSIVENESS
             specs.append(NodeSpec(PACKAGE, "behaviour_driver", "behaviour_driver", namespace, (
@@ -473,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import shlex
 
             for spec in fleet_nodes(fleet):
-                print(shlex.join(spec.command()))
+                print(shlex.join([f"{name}={value}" for name, value in spec.environment] + spec.command()))
             return 0
         return _up(fleet)
     except SafeRuleError as err:

@@ -84,8 +84,9 @@ class FleetProcesses:
             for spec in self.specs:
                 if spec.label in self.nodes or (labels is not None and spec.label not in labels):
                     continue
-                proc = subprocess.Popen(spec.command(self.python), cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(spec.command(self.python), cwd=self.cwd, env={**self.env, **dict(spec.environment)},
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
                 node = NodeProcess(spec, proc)
                 log = None if self.log_dir is None else self.log_dir / f"{spec.label.replace('/', '.')}.log"
                 node.reader = threading.Thread(target=self._read, args=(node, log), name=f"out-{spec.label}",
