@@ -6,6 +6,6 @@
 # for 20% or 50% extra updates, with the defaults and with the checkpoint choice by the model's cost.
 set -euo pipefail
 source "$(dirname "$0")/pool1_dev_split.sh"
-run pool1-r10-1000-cost-fit20 1000 safe_rule.cost_return_fit_fraction=0.2
-run pool1-r10-1000-cost-fit50 1000 safe_rule.cost_return_fit_fraction=0.5
-run pool1-r10-1000-cost-fit50-model-cost 1000 safe_rule.cost_return_fit_fraction=0.5 safe_rule.select_by=model_cost
+run pool1-r10-1000-cost-fit20 1000 safe_rule.return_fit_fraction=0.2
+run pool1-r10-1000-cost-fit50 1000 safe_rule.return_fit_fraction=0.5
+run pool1-r10-1000-cost-fit50-model-cost 1000 safe_rule.return_fit_fraction=0.5 safe_rule.select_by=model_cost

@@ -5,6 +5,6 @@
 # cost and by the model's.
 set -euo pipefail
 source "$(dirname "$0")/pool1_dev_split.sh"
-run pool1-r11-1000-reset-actor-cost-fit50 1000 safe_rule.reset_actor=true safe_rule.cost_return_fit_fraction=0.5
+run pool1-r11-1000-reset-actor-cost-fit50 1000 safe_rule.reset_actor=true safe_rule.return_fit_fraction=0.5
 run pool1-r11-1000-reset-actor-cost-fit50-model-cost 1000 safe_rule.reset_actor=true \
-  safe_rule.cost_return_fit_fraction=0.5 safe_rule.select_by=model_cost
+  safe_rule.return_fit_fraction=0.5 safe_rule.select_by=model_cost

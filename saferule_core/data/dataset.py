@@ -150,6 +150,13 @@ class OfflineDataset:
     def discounted_costs_to_go(self, gamma: float) -> NDArray[Any]:
         """Per row t: sum over k >= 0 of gamma^k * cost[t + k] up to the end of t's episode (the
         logged behaviour's discounted cost-to-go; an episode cut off by the log ends there)."""
+        return self._discounted_to_go(self.costs, gamma)
+
+    def discounted_rewards_to_go(self, gamma: float) -> NDArray[Any]:
+        """As `discounted_costs_to_go`, for the rewards."""
+        return self._discounted_to_go(self.rewards, gamma)
+
+    def _discounted_to_go(self, values: NDArray[Any], gamma: float) -> NDArray[Any]:
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         if not self.num_transitions:
@@ -157,7 +164,7 @@ class OfflineDataset:
         episode = self.transition_episode_index()
         position = np.arange(self.num_transitions) - self.episode_starts[episode]
         weights = np.power(gamma, position, dtype=np.float64)   # >= gamma^(longest episode): no underflow at 0.99
-        weighted = self.costs.astype(np.float64) * weights
+        weighted = values.astype(np.float64) * weights
         to_end = np.cumsum(weighted[::-1])[::-1]                 # sums to the end of the whole array
         after_episode = np.append(to_end, 0.0)[self.episode_starts[episode] + self.episode_lengths[episode]]
         return (to_end - after_episode) / weights

@@ -37,6 +37,7 @@ def _check_fraction(owner: str, name: str, value: float, *, open_top: bool = Fal
 CRITIC_RESETS: tuple[str, ...] = ("none", "cost", "all")
 SELECTION_SCORES: tuple[str, ...] = ("critic", "model", "model_cost")
 SNAPSHOT_PHASES: tuple[str, ...] = ("repair", "suppress")
+RETURN_FITS: tuple[str, ...] = ("cost", "all")
 
 
 @dataclass
@@ -55,10 +56,14 @@ class SafeRuleConfig:
     critic_refit_fraction: float = 0.2  # share of the steps, first, in which only critics, behaviour model and
                                         # multiplier learn (retained data; the actor holds still)
     repair_fraction: float = 0.1       # share of UnlearnConfig.steps spent repairing on retained data only
-    # Before the refit, the cost critic members regressed for this share of the steps on the retained data's
-    # logged discounted cost-to-go (Monte Carlo: no horizon to bootstrap through), so that the TD refit starts
-    # from costs of the right size instead of the poisoned values (round 9, docs/safe_rule.md). 0: off.
-    cost_return_fit_fraction: float = 0.0
+    # Before the refit, critic members regressed for this share of the steps on the retained data's logged
+    # discounted returns-to-go (Monte Carlo: no horizon to bootstrap through), so that the TD refit starts
+    # from values of the right size instead of the poisoned ones (rounds 10-12, docs/safe_rule.md). 0: off.
+    return_fit_fraction: float = 0.0
+    return_fit: str = "cost"           # one of RETURN_FITS: which members the return fit regresses
+    # The critics stay where the return fit (or the poisoned model) left them: the actor and the checkpoint
+    # choice improve on the retained behaviour's own values in one step, with no TD transient (round 12).
+    hold_critics: bool = False
     # The critic hinges are off by default: on the gate-2 regime's dev seeds they inflate Q_c on
     # retained states and stop the policy (0/10 joint success at w_r = w_c = 10; docs/safe_rule.md).
     reward_weight: float = 0.0         # w_r
@@ -103,15 +108,17 @@ class SafeRuleConfig:
                             max_reward_drop=self.max_reward_drop, max_cost_rise=self.max_cost_rise)
         _check_positive("safe_rule", actor_margin=self.actor_margin, temperature=self.temperature)
         _check_fraction("safe_rule", "behaviour_quantile", self.behaviour_quantile)
-        _check_non_negative("safe_rule", cost_return_fit_fraction=self.cost_return_fit_fraction)
+        _check_non_negative("safe_rule", return_fit_fraction=self.return_fit_fraction)
         if self.reset_critics not in CRITIC_RESETS:
             raise UnlearningError(f"safe_rule.reset_critics must be one of {', '.join(CRITIC_RESETS)}, "
                                   f"got {self.reset_critics!r}")
         if isinstance(self.select_every, bool) or not isinstance(self.select_every, int) or self.select_every < 0:
             raise UnlearningError(f"safe_rule.select_every must be a non-negative integer, got {self.select_every!r}")
-        if not isinstance(self.reset_actor, bool):
-            raise UnlearningError(f"safe_rule.reset_actor must be true or false, got {self.reset_actor!r}")
-        for name, allowed in (("select_from", SNAPSHOT_PHASES), ("select_by", SELECTION_SCORES)):
+        for name in ("reset_actor", "hold_critics"):
+            if not isinstance(getattr(self, name), bool):
+                raise UnlearningError(f"safe_rule.{name} must be true or false, got {getattr(self, name)!r}")
+        for name, allowed in (("select_from", SNAPSHOT_PHASES), ("select_by", SELECTION_SCORES),
+                              ("return_fit", RETURN_FITS)):
             if getattr(self, name) not in allowed:
                 raise UnlearningError(f"safe_rule.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if isinstance(self.model_starts, bool) or not isinstance(self.model_starts, int) or self.model_starts <= 0:

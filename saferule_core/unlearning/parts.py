@@ -140,6 +140,7 @@ class ModelParts:
     actor_target: nn.Module | None = None
     gamma: float | None = None          # the critics' discount
     cost_scale: float = 1.0             # the cost critics' targets are costs times this
+    reward_scale: float = 1.0           # the reward critics' targets are rewards times this
 
     @property
     def has_critics(self) -> bool:
@@ -187,27 +188,31 @@ class ModelParts:
                 for name in ("weight", "bias"):
                     getattr(target, name)[members] = getattr(layer, name)[members]
 
-    def fit_cost_members(self, observations: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,
-                         steps: int, batch_size: int, generator: torch.Generator) -> float:
-        """Regress the cost critic members on `targets` (e.g. the logged discounted cost-to-go) over
-        random batches of (normalised obs, unit-box action) rows, with an Adam of their own (the
-        reward members get a zero gradient, so they stay where they are); the target critics' cost
-        members follow. Returns the last batch's mean squared error."""
-        if self.critics is None or self.critics_target is None or self.cost_members is None:
-            raise UnlearningError(f"{self.learner.info.algo} has no cost critics to fit")
+    def fit_critic_members(self, observations: torch.Tensor, actions: torch.Tensor,
+                           targets: Sequence[tuple[slice, torch.Tensor]], steps: int, batch_size: int,
+                           generator: torch.Generator) -> float:
+        """Regress each (members, targets [rows]) group of critic members on its targets (e.g. the
+        logged discounted cost-to-go) over random batches of (normalised obs, unit-box action) rows,
+        with an Adam of their own (members in no group get a zero gradient, so they stay where they
+        are); the target critics' fitted members follow. Returns the last batch's mean squared error
+        per fitted member."""
+        if self.critics is None or self.critics_target is None:
+            raise UnlearningError(f"{self.learner.info.algo} has no critics to fit")
         params = [p for p in self.critics.parameters() if p.requires_grad]
         lr = float(self.critic_optimizer.param_groups[0]["lr"]) if self.critic_optimizer is not None else 1e-3
         optimizer = torch.optim.Adam(params, lr=lr)
         error = torch.zeros(())
         for _ in range(steps):
             rows = torch.randint(observations.shape[0], (batch_size,), generator=generator, device=observations.device)
-            q_cost = self.q_values(observations[rows], actions[rows])[self.cost_members]
-            loss = (q_cost - targets[rows]).pow(2).mean(dim=1).sum()
+            q = self.q_values(observations[rows], actions[rows])
+            per_member = [(q[members] - values[rows]).pow(2).mean(dim=1) for members, values in targets]
+            loss = torch.cat(per_member).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            error = loss.detach() / q_cost.shape[0]
-        self._copy_members_to_target(self.cost_members)
+            error = loss.detach() / sum(errors.numel() for errors in per_member)
+        for members, _ in targets:
+            self._copy_members_to_target(members)
         return float(error)
 
     @torch.no_grad()
@@ -254,12 +259,12 @@ def model_parts(learner: Learner) -> ModelParts:
         return ModelParts(learner, learner.actor, learner.actor_optim, learner.critics, learner.critic_optim,
                           REWARD_MEMBERS, COST_MEMBERS, learner.vae, learner.vae_optim, learner.q_threshold,
                           learner.critics_target, learner.actor_target, learner.config.gamma,
-                          learner.config.cost_scale)
+                          learner.config.cost_scale, learner.config.reward_scale)
     if isinstance(learner, CPQ):
         return ModelParts(learner, learner.actor, learner.actor_optim, learner.critics, learner.critic_optim,
                           learner.reward_members, learner.cost_members, learner.vae, learner.vae_optim,
                           learner.q_threshold, learner.critics_target, gamma=learner.config.gamma,
-                          cost_scale=learner.config.cost_scale)
+                          cost_scale=learner.config.cost_scale, reward_scale=learner.config.reward_scale)
     if isinstance(learner, BC):
         return ModelParts(learner, learner.actor, learner.actor_optim)
     raise UnlearningError(f"unlearning does not know the parts of a {learner.info.algo} model "

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 
 from saferule_core.algos.batch import Batch
 from saferule_core.unlearning.config import SafeRuleConfig
@@ -220,24 +222,27 @@ def run_safe_rule(session: Session) -> MethodOutcome:
         parts.reset_critic_members(members, generator)
     if cfg.reset_actor:
         parts.reset_actor_to_behaviour(generator)
-    if cfg.cost_return_fit_fraction > 0 and parts.has_critics:
-        _fit_cost_members_to_returns(session, parts, int(round(cfg.cost_return_fit_fraction * total)), generator)
-    # Refit: the critics (and the multiplier) learn the retained data's values of the current policy
-    # before the actor moves on them; the forget terms wait for the actor.
-    with held_still(parts.actor_optimizer):
-        for step in range(1, refit_steps + 1):
-            session.step_done("refit", step / total, learner.update(retained.sample()))
-    with terms.attached():
-        for step in range(refit_steps + 1, suppress_steps + 1):
-            terms.draw(session.config.forget_batch_size, generator)
-            terms.last = {}
-            metrics = learner.update(retained.sample())
-            session.step_done("suppress", step / total, {**metrics, **terms.last})
+    if cfg.return_fit_fraction > 0 and parts.has_critics:
+        _fit_members_to_returns(session, parts, int(round(cfg.return_fit_fraction * total)), generator)
+    with contextlib.ExitStack() as critics_held:
+        if cfg.hold_critics and parts.critic_optimizer is not None:
+            critics_held.enter_context(held_still(parts.critic_optimizer))
+        # Refit: the critics (and the multiplier) learn the retained data's values of the current policy
+        # before the actor moves on them; the forget terms wait for the actor.
+        with held_still(parts.actor_optimizer):
+            for step in range(1, refit_steps + 1):
+                session.step_done("refit", step / total, learner.update(retained.sample()))
+        with terms.attached():
+            for step in range(refit_steps + 1, suppress_steps + 1):
+                terms.draw(session.config.forget_batch_size, generator)
+                terms.last = {}
+                metrics = learner.update(retained.sample())
+                session.step_done("suppress", step / total, {**metrics, **terms.last})
+                maybe_snapshot(step)
+        terms.batch = None
+        for step in range(suppress_steps + 1, total + 1):
+            session.step_done("repair", step / total, learner.update(retained.sample()))
             maybe_snapshot(step)
-    terms.batch = None
-    for step in range(suppress_steps + 1, total + 1):
-        session.step_done("repair", step / total, learner.update(retained.sample()))
-        maybe_snapshot(step)
     session.flush("repair", 1.0)
     if not snapshots:
         return MethodOutcome()
@@ -245,22 +250,29 @@ def run_safe_rule(session: Session) -> MethodOutcome:
     return MethodOutcome(selected_step=_choose_checkpoint(session, parts, snapshots))
 
 
-def _fit_cost_members_to_returns(session: Session, parts: ModelParts, steps: int, generator: torch.Generator) -> None:
-    """The cost members regressed on the retained data's logged discounted cost-to-go (in the
-    learner's cost scale), before the budget's learner updates; counted in the report's updates."""
+def _fit_members_to_returns(session: Session, parts: ModelParts, steps: int, generator: torch.Generator) -> None:
+    """The cost members (with `return_fit: all` the reward members too) regressed on the retained
+    data's logged discounted returns-to-go (in the learner's scales), before the budget's learner
+    updates; counted in the report's updates."""
     learner = session.learner
-    assert parts.gamma is not None
+    assert parts.gamma is not None and parts.cost_members is not None and parts.reward_members is not None
     data = learner.training_data(session.split.retained, learner.config)
     stats, device = learner.info.stats, learner.device
-    observations = torch.from_numpy(stats.normalize_observations(data.observations)).float().to(device)
-    actions = torch.from_numpy(stats.actions_to_unit(data.actions)).float().to(device)
-    targets = torch.from_numpy(parts.cost_scale * data.discounted_costs_to_go(parts.gamma)).float().to(device)
-    error = parts.fit_cost_members(observations, actions, targets, steps, session.config.batch_size, generator)
+
+    def tensor(values: NDArray[Any]) -> torch.Tensor:
+        return torch.from_numpy(values).float().to(device)
+
+    observations = tensor(stats.normalize_observations(data.observations))
+    actions = tensor(stats.actions_to_unit(data.actions))
+    targets = [(parts.cost_members, tensor(parts.cost_scale * data.discounted_costs_to_go(parts.gamma)))]
+    if session.config.safe_rule.return_fit == "all":
+        targets.append((parts.reward_members, tensor(parts.reward_scale * data.discounted_rewards_to_go(parts.gamma))))
+    error = parts.fit_critic_members(observations, actions, targets, steps, session.config.batch_size, generator)
     session.updates += steps
-    session.history.append({"update": float(session.updates), "cost_fit_steps": float(steps),
-                            "cost_fit_mse": error})
-    session.report_progress("cost-fit", 0.0)
-    session.check_stop("cost-fit")
+    session.history.append({"update": float(session.updates), "return_fit_steps": float(steps),
+                            "return_fit_mse": error})
+    session.report_progress("return-fit", 0.0)
+    session.check_stop("return-fit")
 
 
 def _choose_checkpoint(session: Session, parts: ModelParts,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from saferule_core.algos.base import Learner
 from saferule_core.algos.trainer import seed_everything
 from saferule_core.data.dataset import OfflineDataset
+from saferule_core.errors import UnlearningError
 from saferule_core.unlearning.api import unlearn
+from saferule_core.unlearning.config import SafeRuleConfig
 from saferule_core.unlearning.parts import model_parts
 from saferule_core.unlearning.safe_rule import soft_hinge
 from tests.core.unlearning.conftest import FORGET_ACTION, forget_mask_of, small_config
@@ -305,43 +308,83 @@ def test_reset_actor_to_behaviour_perturbs_nothing_and_needs_a_bcq_model(trained
         SafeRuleConfig(reset_actor="yes").validate()  # type: ignore[arg-type]
 
 
-def test_cost_members_fit_the_logged_cost_to_go_and_nothing_else_moves() -> None:
+@pytest.mark.parametrize("fit_rewards", [False, True])
+def test_critic_members_fit_the_logged_returns_to_go_and_nothing_else_moves(fit_rewards: bool) -> None:
     from tests.core.unlearning.conftest import train_tiny
 
     data = _costly_dataset()
     learner = train_tiny("bcq_lag", data, steps=50)
     parts = model_parts(learner)
     assert parts.critics is not None and parts.critics_target is not None and parts.gamma is not None
+    assert parts.cost_members is not None and parts.reward_members is not None
     stats = learner.info.stats
     observations = torch.from_numpy(stats.normalize_observations(data.observations)).float()
     actions = torch.from_numpy(stats.actions_to_unit(data.actions)).float()
-    targets = torch.from_numpy(data.discounted_costs_to_go(parts.gamma)).float()
-    assert targets.max() > 1.0                                   # the costly episodes' cost-to-go
+    cost_targets = torch.from_numpy(data.discounted_costs_to_go(parts.gamma)).float()
+    reward_targets = torch.from_numpy(parts.reward_scale * data.discounted_rewards_to_go(parts.gamma)).float()
+    assert cost_targets.max() > 1.0                              # the costly episodes' cost-to-go
+    groups = [(parts.cost_members, cost_targets)] + ([(parts.reward_members, reward_targets)] if fit_rewards else [])
 
-    def cost_error() -> float:
+    def error(members: slice, targets: torch.Tensor) -> float:
         with torch.no_grad():
-            return float((parts.q_values(observations, actions)[parts.cost_members] - targets).pow(2).mean())
+            return float((parts.q_values(observations, actions)[members] - targets).pow(2).mean())
 
     before = {name: p.detach().clone() for name, p in parts.critics.named_parameters()}
-    error_before = cost_error()
+    errors_before = [error(members, targets) for members, targets in groups]
     generator = torch.Generator().manual_seed(0)
-    parts.fit_cost_members(observations, actions, targets, steps=300, batch_size=64, generator=generator)
-    assert cost_error() < 0.3 * error_before
-    for name, p in parts.critics.named_parameters():
-        torch.testing.assert_close(p[parts.reward_members], before[name][parts.reward_members], rtol=0, atol=0)
-    for (name, p), target in zip(parts.critics.named_parameters(), parts.critics_target.parameters()):
-        torch.testing.assert_close(target[parts.cost_members], p[parts.cost_members], rtol=0, atol=0, msg=name)
+    parts.fit_critic_members(observations, actions, groups, steps=300, batch_size=64, generator=generator)
+    for (members, targets), error_before in zip(groups, errors_before):
+        assert error(members, targets) < 0.3 * error_before
+    if not fit_rewards:
+        for name, p in parts.critics.named_parameters():
+            torch.testing.assert_close(p[parts.reward_members], before[name][parts.reward_members], rtol=0, atol=0)
+    for members, _ in groups:
+        for (name, p), target in zip(parts.critics.named_parameters(), parts.critics_target.parameters()):
+            torch.testing.assert_close(target[members], p[members], rtol=0, atol=0, msg=name)
 
 
-def test_safe_rule_with_a_cost_return_fit_counts_its_updates() -> None:
+def test_safe_rule_with_a_return_fit_counts_its_updates() -> None:
     from tests.core.unlearning.conftest import train_tiny
 
     data = _costly_dataset()
     learner = train_tiny("bcq_lag", data, steps=50)
     seed_everything(0)
     config = small_config(steps=40, safe_rule={"select_every": 4, "repair_fraction": 0.5,
-                                               "cost_return_fit_fraction": 0.5})
+                                               "return_fit_fraction": 0.5, "return_fit": "all"})
     _, report = unlearn(learner, data, forget_mask_of(data), "safe_rule", config)
-    fit = next(h for h in report.history if "cost_fit_steps" in h)
-    assert fit["cost_fit_steps"] == 20.0 and np.isfinite(fit["cost_fit_mse"])
+    fit = next(h for h in report.history if "return_fit_steps" in h)
+    assert fit["return_fit_steps"] == 20.0 and np.isfinite(fit["return_fit_mse"])
     assert report.updates == 60
+    with pytest.raises(UnlearningError, match="return_fit must be one of cost, all"):
+        SafeRuleConfig(return_fit="reward").validate()
+
+
+def test_held_critics_stay_where_the_return_fit_left_them_while_the_actor_learns() -> None:
+    from tests.core.unlearning.conftest import train_tiny
+
+    data = _costly_dataset()
+    learner = train_tiny("bcq_lag", data, steps=50)
+
+    def values_and_actions(model: Learner) -> tuple[torch.Tensor, torch.Tensor]:
+        """Critic values of the logged rows and the policy's unit-box actions at raw observations
+        (unlearning re-bases the networks' input normalisation on the retained data, so parameters are
+        not comparable)."""
+        parts, stats = model_parts(model), model.info.stats
+        obs = torch.from_numpy(stats.normalize_observations(data.observations)).float()
+        with torch.no_grad():
+            q = parts.q_values(obs, torch.from_numpy(stats.actions_to_unit(data.actions)).float())
+            return q, parts.policy_actions(obs)
+
+    q_before, actions_before = values_and_actions(learner)
+    for hold in (True, False):
+        seed_everything(0)
+        config = small_config(steps=30, safe_rule={"select_every": 0, "hold_critics": hold})
+        unlearned, _ = unlearn(learner, data, forget_mask_of(data), "safe_rule", config)
+        q_after, actions_after = values_and_actions(unlearned)
+        if hold:
+            torch.testing.assert_close(q_after, q_before, rtol=1e-4, atol=1e-4)
+        else:
+            assert (q_after - q_before).abs().max() > 1e-2
+        assert (actions_after - actions_before).abs().max() > 1e-3
+    with pytest.raises(UnlearningError, match="hold_critics must be true or false"):
+        SafeRuleConfig(hold_critics=1).validate()  # type: ignore[arg-type]
