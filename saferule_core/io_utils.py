@@ -74,19 +74,26 @@ def atomic_directory(path: Path, overwrite: bool = False) -> Iterator[Path]:
             if child.is_file():
                 with open(child, "rb") as fh:
                     os.fsync(fh.fileno())
-        if path.exists():
+        if path.exists() or path.is_symlink():
             old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+            _remove(old)
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old)
+            _remove(old)
         else:
             os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove(path: Path) -> None:
+    """Remove whatever is at `path` (a directory tree, a file or a link; nothing there is fine)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def _kind(mode: int) -> str:
