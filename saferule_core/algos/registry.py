@@ -6,12 +6,12 @@ Torch-free: learner classes are imported only when asked for, so listing algorit
 from __future__ import annotations
 
 import importlib
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from saferule_core.errors import ConfigError
+from saferule_core.settings import settings_from_mapping
 
 if TYPE_CHECKING:
     from saferule_core.algos.base import Learner, LearnerConfig
@@ -52,43 +52,9 @@ def get_algo(name: str) -> AlgoSpec:
         raise ConfigError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}") from None
 
 
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    """Check one setting against its annotation; lists become tuples, ints become floats."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{key} must be a list of integers, got {value!r}")
-        return tuple(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    return value
-
-
 def config_from_dict(config_class: type[LearnerConfig], values: Mapping[str, Any]) -> LearnerConfig:
     """A validated config of `config_class` with `values` over its defaults; unknown keys refused."""
-    hints = typing.get_type_hints(config_class)
-    known = {f.name for f in fields(config_class)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown {config_class.__name__} settings: {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(known))})")
-    config = config_class(**{key: _coerce(key, hints[key], value) for key, value in values.items()})
-    config.validate()
-    return config
+    return settings_from_mapping(config_class, values, config_class.__name__)
 
 
 def make_config(algo: str, overrides: Mapping[str, Any] | None = None) -> LearnerConfig:

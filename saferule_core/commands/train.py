@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 from saferule_core.algos.registry import ALGORITHMS
 from saferule_core.errors import ConfigError
+from saferule_core.settings import coerce_setting
 from saferule_core.settings_files import load_settings_file
 
 DESCRIPTION = """\
@@ -112,9 +114,9 @@ def run(args: argparse.Namespace) -> int:
                        ("checkpoint_every", args.checkpoint_every), ("log_every", args.log_every)):
         if value is not None:
             train_overrides[key] = value
-    for key, value in train_overrides.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"train setting {key} must be an integer, got {value!r}")
+    hints = typing.get_type_hints(TrainConfig)
+    train_overrides = {key: coerce_setting(f"train setting {key}", hints[key], value)
+                       for key, value in train_overrides.items()}
     _warn_if_bf16_is_emulated(overrides)
     if args.seeds is not None and args.sisa_shards is not None:
         raise ConfigError("--seeds and --sisa-shards do not combine: a SISA ensemble takes one --seed")

@@ -1,7 +1,8 @@
 """Typed settings of every unlearning method, and one config that holds them all.
 
-`UnlearnConfig(**mapping)` accepts plain nested dicts for the method sections (as read from YAML
-or a ROS parameter file) and turns them into the typed dataclasses; unknown keys are refused.
+`UnlearnConfig.from_dict(mapping)` (or `UnlearnConfig(**mapping)`) accepts plain nested dicts for the
+method sections (as read from YAML or a ROS parameter file) and turns them into the typed dataclasses
+through saferule_core.settings; unknown keys are refused.
 The approximate methods (safe_rule, finetune, neggrad_plus, trajdeleter) share one update budget,
 `steps`, so that they are compared at equal compute by default.
 """
@@ -9,10 +10,11 @@ The approximate methods (safe_rule, finetune, neggrad_plus, trajdeleter) share o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from saferule_core.errors import UnlearningError
+from saferule_core.settings import settings_from_mapping
 
 
 def _check_positive(owner: str, **values: float) -> None:
@@ -61,6 +63,10 @@ class SafeRuleConfig:
     # from values of the right size instead of the poisoned ones (rounds 10-12, docs/safe_rule.md). 0: off.
     return_fit_fraction: float = 0.0
     return_fit: str = "cost"           # one of RETURN_FITS: which members the return fit regresses
+    # Before everything else, the behaviour model re-drawn and fitted alone on the retained data for this share of
+    # the steps (extra updates): its proposals, which the critics choose among, no longer include what only the
+    # forget episodes did (round 13, docs/safe_rule.md). 0: off.
+    behaviour_refit_fraction: float = 0.0
     # The critics stay where the return fit (or the poisoned model) left them: the actor and the checkpoint
     # choice improve on the retained behaviour's own values in one step, with no TD transient (round 12).
     hold_critics: bool = False
@@ -108,7 +114,8 @@ class SafeRuleConfig:
                             max_reward_drop=self.max_reward_drop, max_cost_rise=self.max_cost_rise)
         _check_positive("safe_rule", actor_margin=self.actor_margin, temperature=self.temperature)
         _check_fraction("safe_rule", "behaviour_quantile", self.behaviour_quantile)
-        _check_non_negative("safe_rule", return_fit_fraction=self.return_fit_fraction)
+        _check_non_negative("safe_rule", return_fit_fraction=self.return_fit_fraction,
+                            behaviour_refit_fraction=self.behaviour_refit_fraction)
         if self.reset_critics not in CRITIC_RESETS:
             raise UnlearningError(f"safe_rule.reset_critics must be one of {', '.join(CRITIC_RESETS)}, "
                                   f"got {self.reset_critics!r}")
@@ -191,7 +198,8 @@ class UnlearnConfig:
         for name, section_class in SECTIONS.items():
             value = getattr(self, name)
             if isinstance(value, dict):
-                setattr(self, name, _section_from_dict(name, section_class, value))
+                setattr(self, name, settings_from_mapping(section_class, value, name, UnlearningError,
+                                                          prefix=f"{name}."))
             elif not isinstance(value, section_class):
                 raise UnlearningError(f"{name} must be a mapping of {section_class.__name__} settings, "
                                       f"got {type(value).__name__}")
@@ -214,21 +222,6 @@ class UnlearnConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> UnlearnConfig:
-        """A config from a plain mapping; unknown keys are refused with the known ones named."""
-        if not isinstance(values, dict):
-            raise UnlearningError(f"an unlearning config must be a mapping, got {type(values).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UnlearningError(f"unknown unlearning settings: {', '.join(map(str, unknown))} "
-                                  f"(known: {', '.join(sorted(known))})")
-        return cls(**values)
-
-
-def _section_from_dict(name: str, section_class: type, values: dict[str, Any]) -> Any:
-    known = {f.name for f in fields(section_class)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UnlearningError(f"unknown {name} settings: {', '.join(map(str, unknown))} "
-                              f"(known: {', '.join(sorted(known))})")
-    return section_class(**values)
+        """A config from a plain mapping (sections as nested mappings); unknown keys are refused with
+        the known ones named, values checked against their types (saferule_core.settings)."""
+        return settings_from_mapping(cls, values, "unlearning", UnlearningError)

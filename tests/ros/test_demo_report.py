@@ -44,7 +44,10 @@ def test_settings_from_yaml(tmp_path: Path) -> None:
     assert settings.model_overrides() == {"hidden": (128, 128)}
     bad = tmp_path / "bad.yaml"
     bad.write_text("trian_steps: 50\n")
-    with pytest.raises(DemoError, match="expected a mapping of demo settings"):
+    with pytest.raises(DemoError, match=r"bad.yaml: unknown demo settings: trian_steps \(known: .*train_steps"):
+        DemoSettings.from_yaml(bad)
+    bad.write_text("robots: two\n")
+    with pytest.raises(DemoError, match="bad.yaml: robots must be an integer, got 'two'"):
         DemoSettings.from_yaml(bad)
 
 

@@ -48,6 +48,12 @@ def test_train_command_reports_bad_input_in_one_line(dataset_dir: Path, tmp_path
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("saferule train: error:") and "critic_hiden" in err and "\n" not in err
+    for text, expected in (("critic_hidden: wide\n", "critic_hidden must be a list of integers, got 'wide'"),
+                           ("train:\n  batch_size: big\n", "train setting batch_size must be an integer, got 'big'")):
+        code = main(["train", str(dataset_dir), "--algo", "bcq_lag", "--steps", "2", "--out", str(tmp_path / "m"),
+                     "--config", str(write_yaml(tmp_path / "bad.yaml", text)), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and expected in err and "\n" not in err, err
     code = main(["train", str(tmp_path / "missing"), "--algo", "bc_all", "--steps", "2", "--out", str(tmp_path / "m"),
                  "--quiet"])
     assert code == 2 and "missing" in capsys.readouterr().err

@@ -27,7 +27,6 @@ summary is printed at the end.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -45,6 +44,7 @@ import yaml
 
 from saferule_core.errors import SafeRuleError
 from saferule_core.io_utils import atomic_write_text
+from saferule_core.settings import settings_from_mapping
 from saferule_core.settings_files import load_settings_file
 from saferule_ros.bringup import FleetArgs, FleetLayout, fleet_nodes, prepare_data_root
 from saferule_ros.processes import FleetProcesses
@@ -97,10 +97,10 @@ class DemoSettings:
     @staticmethod
     def from_yaml(path: Path) -> DemoSettings:
         values = load_settings_file(path, "demo settings", DemoError)
-        known = {f.name for f in dataclasses.fields(DemoSettings)}
-        if set(values) - known:
-            raise DemoError(f"{path}: expected a mapping of demo settings ({', '.join(sorted(known))})")
-        return DemoSettings(**values)
+        try:
+            return settings_from_mapping(DemoSettings, values, "demo", DemoError)
+        except DemoError as err:
+            raise DemoError(f"{path}: {err}") from None
 
     def model_overrides(self) -> dict[str, Any]:
         width = (self.hidden, self.hidden)

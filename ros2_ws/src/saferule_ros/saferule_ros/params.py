@@ -16,6 +16,7 @@ from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.node import Node
 
 from saferule_core.errors import ConfigError  # a parameter value a node cannot use; the message names it
+from saferule_core.settings import coerce_setting
 
 ConfigT = TypeVar("ConfigT")
 
@@ -65,19 +66,11 @@ def declare_config(node: Node, cls: type[ConfigT]) -> ConfigT:
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:
-    element = typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
-    try:
-        if kind is float:
-            return float(value)
-        if element is None:
-            return value
-        if value is None or isinstance(value, (str, bytes)):
-            raise TypeError
-        items = list(value)
-        if element is str and not all(isinstance(v, str) for v in items):
-            raise TypeError
-        if element is int and not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            raise TypeError
-        return [float(v) for v in items] if element is float else items
-    except (TypeError, ValueError):
-        raise ConfigError(f"parameter {name}: expected {getattr(kind, '__name__', str(kind))}, got {value!r}") from None
+    """The declared parameter's value checked against its field's type (saferule_core.settings);
+    rclpy hands arrays over as array.array, so they become lists first."""
+    if typing.get_origin(kind) is list and value is not None and not isinstance(value, (str, bytes)):
+        try:
+            value = list(value)
+        except TypeError:
+            pass
+    return coerce_setting(f"parameter {name}", kind, value, ConfigError)
