@@ -17,19 +17,37 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from saferule_core.data.ledger import LEDGER_FILE, ForgetLedger, LedgerEntry, request_forget
+from saferule_core.data.ledger import LEDGER_FILE, ForgetLedger, LedgerEntry, LedgerState, request_forget
 from saferule_core.data.request_index import RequestIndex
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
-from saferule_core.errors import ForgetRequestError, SafeRuleError
+from saferule_core.errors import ForgetRequestError, SafeRuleError, UnlearningError
 from saferule_core.limits import MAX_REQUEST_ID_CHARS, check_chars, check_dataset_name
 
 MAX_DATASET_DEPTH = 3                       # how deep under the data root ledgers are looked for
 REQUEST_ID_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_REQUEST_ID_CHARS - 1}}}$")
 
+STARTABLE_STATES = frozenset({LedgerState.REQUESTED, LedgerState.QUARANTINED, LedgerState.UNLEARNING,
+                              LedgerState.FAILED})
+
 Admission = Callable[[DatasetStore, ForgetSelector], object]
 """Called with the dataset and selector before a request is recorded; raises SafeRuleError to refuse."""
 Warn = Callable[[str], None]
+
+
+def check_startable(entry: LedgerEntry) -> None:
+    """Refuse requests that cannot (or can no longer) be unlearned, naming why."""
+    if entry.state == LedgerState.PURGED:
+        raise UnlearningError(f"request {entry.request_id}: its episodes are already forgotten (purged); "
+                              "there is nothing left to unlearn")
+    if entry.state == LedgerState.UNLEARNED:
+        raise UnlearningError(f"request {entry.request_id} is already unlearned (policy {entry.artifact_version})")
+    if entry.state == LedgerState.FAILED and LedgerState.UNLEARNING not in entry.next_states:
+        raise UnlearningError(f"request {entry.request_id} failed before its episodes were quarantined "
+                              f"({entry.error}), so it cannot be re-run; file a new forget request for the "
+                              "same episodes")
+    if entry.state not in STARTABLE_STATES:
+        raise UnlearningError(f"request {entry.request_id} is {entry.state.value} and cannot be unlearned")
 
 
 def within(path: Path, root: Path) -> bool:

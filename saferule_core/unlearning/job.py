@@ -34,6 +34,7 @@ from saferule_core.artifacts.manifest import ArtifactManifest
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.artifacts.signing import load_signing_key
 from saferule_core.data.dataset import OfflineDataset
+from saferule_core.data.forget_requests import check_startable
 from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerState, purge_forgotten, request_forget
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
@@ -50,8 +51,6 @@ from saferule_core.unlearning.methods import get_method
 from saferule_core.unlearning.models import load_model, save_model_dir
 from saferule_core.unlearning.session import ProgressFn
 
-STARTABLE_STATES = frozenset({LedgerState.REQUESTED, LedgerState.QUARANTINED, LedgerState.UNLEARNING,
-                              LedgerState.FAILED})
 CHECK_OBSERVATIONS = 256   # rows of real observations in the export's ONNX-vs-torch check
 
 
@@ -83,21 +82,6 @@ class PreparedJob:
     entry: LedgerEntry
     dataset: OfflineDataset
     forget_mask: NDArray[Any]
-
-
-def check_startable(entry: LedgerEntry) -> None:
-    """Refuse requests that cannot (or can no longer) be unlearned, naming why."""
-    if entry.state == LedgerState.PURGED:
-        raise UnlearningError(f"request {entry.request_id}: its episodes are already forgotten (purged); "
-                              "there is nothing left to unlearn")
-    if entry.state == LedgerState.UNLEARNED:
-        raise UnlearningError(f"request {entry.request_id} is already unlearned (policy {entry.artifact_version})")
-    if entry.state == LedgerState.FAILED and LedgerState.UNLEARNING not in entry.next_states:
-        raise UnlearningError(f"request {entry.request_id} failed before its episodes were quarantined "
-                              f"({entry.error}), so it cannot be re-run; file a new forget request for the "
-                              "same episodes")
-    if entry.state not in STARTABLE_STATES:
-        raise UnlearningError(f"request {entry.request_id} is {entry.state.value} and cannot be unlearned")
 
 
 def check_forget_ids(store: DatasetStore, episode_ids: Sequence[str], request_id: str) -> tuple[set[str], set[str]]:

@@ -1,7 +1,8 @@
 """The real chain, nothing stood in: a BCQ-Lag model trained for 50 updates on a tiny fleet dataset
 is exported and published as v0001; a policy_runner runs it; the unlearning server (real
-`run_forget_job`, Safe-RULE with a few updates) forgets robot_3's episodes, publishes v0002 and
-swaps the runner to it."""
+`run_forget_job`) first runs a long retraining of robot_3's request that is cancelled (the request
+is left `failed`, nothing published), then re-runs the same request with Safe-RULE (a few updates):
+it publishes v0002 and swaps the runner to it."""
 
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ def test_real_unlearning_job_over_dds_swaps_the_runner(tmp_path: Path) -> None:
                                      check_batch=default_check_observations(info.obs_dim, stats.obs_mean, stats.obs_std))
     assert manifest.version == "v0001"
     config_file = tmp_path / "unlearn.yaml"
-    config_file.write_text(yaml.safe_dump({"steps": 20, "batch_size": 32, "forget_batch_size": 16, "num_threads": 1,
-                                           "log_every": 5, "safe_rule": {"select_every": 5}}))
+    # Safe-RULE is short; a retraining is long enough to be cancelled while it runs.
+    config_file.write_text(yaml.safe_dump({"steps": 20, "retrain_steps": 100_000, "batch_size": 32,
+                                           "forget_batch_size": 16, "num_threads": 1, "log_every": 5,
+                                           "safe_rule": {"select_every": 5}}))
 
     runner_args = ["--params-file", str(CONFIG_DIR / "policy_runner.yaml"), "-p", f"registry_dir:={files.registry.root}",
                    "-p", f"verify_key:={files.keys}", "-p", "follow_latest:=false", "-p", "status_period_s:=0.2",
@@ -64,6 +67,18 @@ def test_real_unlearning_job_over_dds_swaps_the_runner(tmp_path: Path) -> None:
 
         answer = client.forget(forget_request(robot_ids=["robot_3"]))
         assert answer.accepted, answer.message
+        # A job that ends without a policy leaves the request failed; the same request runs again.
+        retrain_feedback: list[Unlearn.Feedback] = []
+        retraining = client.send_unlearn(unlearn_goal(answer.request_id, method="retrain", swap=True),
+                                         retrain_feedback.append)
+        spin_until(executor, lambda: any(f.progress > 0 for f in retrain_feedback), "the retraining under way",
+                   process=server)
+        assert client.cancel(retraining)
+        status, result = client.unlearn_result(retraining, 120.0)
+        assert status == "canceled" and not result.success, (status, result.message)
+        failed = ledger_entry(files, answer.request_id)
+        assert failed.state == LedgerState.FAILED and "cancel" in (failed.error or ""), failed
+        assert files.registry.latest() == "v0001"
         feedback: list[Unlearn.Feedback] = []
         handle = client.send_unlearn(unlearn_goal(answer.request_id, method="safe_rule", swap=True), feedback.append)
         status, result = client.unlearn_result(handle, 300.0)
@@ -75,6 +90,8 @@ def test_real_unlearning_job_over_dds_swaps_the_runner(tmp_path: Path) -> None:
         assert len({f.stage for f in feedback}) >= 3, [f.stage for f in feedback]
         entry = ledger_entry(files, answer.request_id)
         assert entry.state == LedgerState.UNLEARNED and entry.artifact_version == "v0002"
+        states = [state for state, _ in entry.history]
+        assert states[-3:] == ["failed", "unlearning", "unlearned"], states
         lineage = files.registry.manifest("v0002")
         assert lineage.parent_version == "v0001" and lineage.forget_request_id == answer.request_id
         statuses.clear()

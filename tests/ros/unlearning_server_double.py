@@ -25,7 +25,8 @@ from typing import Any
 
 from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.artifacts.signing import load_signing_key
-from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerState, purge_forgotten
+from saferule_core.data.forget_requests import check_startable
+from saferule_core.data.ledger import ForgetLedger, LedgerState, purge_forgotten
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import UnlearningError
@@ -36,21 +37,16 @@ from tests.ros.policy_artifacts import publish, random_policy
 STAGES = ("loading", "suppress", "repair", "select", "export", "publish")
 
 
-def stand_in_check(entry: LedgerEntry) -> None:
-    if entry.state == LedgerState.UNLEARNED:
-        raise UnlearningError(f"request {entry.request_id} is already unlearned (policy {entry.artifact_version})")
-    if entry.state not in (LedgerState.REQUESTED, LedgerState.QUARANTINED, LedgerState.UNLEARNING):
-        raise UnlearningError(f"request {entry.request_id} is {entry.state.value}; it cannot be unlearned")
-
-
 def stand_in_job(paths: Any, request_id: str, method: str = "safe_rule", config: Any = None,
                  progress: Callable[[str, float, dict[str, float]], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, purge: bool = False) -> SimpleNamespace:
     stage_s = float(os.environ.get("SAFERULE_DOUBLE_STAGE_S", "0.05"))
     ledger = ForgetLedger(paths.dataset_dir)
     entry = ledger.get(request_id)
-    stand_in_check(entry)
-    if entry.state != LedgerState.UNLEARNING:
+    check_startable(entry)
+    if entry.state == LedgerState.FAILED:           # re-run, as the real job does
+        ledger.transition(request_id, LedgerState.UNLEARNING, note=f"re-run after a failure: {entry.error or '?'}")
+    elif entry.state != LedgerState.UNLEARNING:
         ledger.transition(request_id, LedgerState.UNLEARNING)
     try:
         for index, stage in enumerate(STAGES):
@@ -98,7 +94,7 @@ def stand_in_check_new(store: DatasetStore, selector: ForgetSelector, model_dir:
 
 
 STAND_IN_API = JobApi(run=stand_in_job, make_paths=SimpleNamespace, methods=METHOD_NAMES, make_config=dict,
-                      check_startable=stand_in_check, check_new_request=stand_in_check_new)
+                      check_startable=check_startable, check_new_request=stand_in_check_new)
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv, job_api=STAND_IN_API))

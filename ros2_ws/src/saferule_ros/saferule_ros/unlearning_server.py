@@ -139,8 +139,9 @@ class JobApi:
 
 def real_job_api() -> JobApi:
     """saferule_core.unlearning (imported here: it pulls in torch)."""
+    from saferule_core.data.forget_requests import check_startable
     from saferule_core.unlearning.config import UnlearnConfig
-    from saferule_core.unlearning.job import JobPaths, check_new_request, check_startable, run_forget_job
+    from saferule_core.unlearning.job import JobPaths, check_new_request, run_forget_job
     from saferule_core.unlearning.methods import METHOD_NAMES
 
     def make_config(values: dict[str, Any]) -> Any:
