@@ -21,7 +21,7 @@ from saferule_core.algos.base import Learner
 from saferule_core.algos.bc import BC
 from saferule_core.algos.bcq_lag import COST_MEMBERS, REWARD_MEMBERS, BCQLag
 from saferule_core.algos.cpq import CPQ
-from saferule_core.algos.networks import EnsembleLinear, latent_kl
+from saferule_core.algos.networks import EnsembleLinear, latent_kl, vae_loss
 from saferule_core.errors import UnlearningError
 
 
@@ -214,6 +214,32 @@ class ModelParts:
         for members, _ in targets:
             self._copy_members_to_target(members)
         return float(error)
+
+    def refit_behaviour(self, observations: torch.Tensor, actions: torch.Tensor, steps: int, batch_size: int,
+                        generator: torch.Generator) -> float:
+        """The behaviour model (BCQ-Lag's and CPQ's VAE) re-drawn with fresh initial weights (drawn
+        from `generator`) and fitted alone, with its own loss and a restarted Adam, on random batches
+        of (normalised obs, unit-box action) rows: it then proposes only what those rows do. Returns
+        the last batch's loss."""
+        if self.behaviour is None or self.behaviour_optimizer is None or not isinstance(self.learner, (BCQLag, CPQ)):
+            raise UnlearningError(f"{self.learner.info.algo} has no behaviour model to refit")
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for layer in self.behaviour.modules():
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
+        self.behaviour_optimizer.state.clear()
+        beta = self.learner.config.beta
+        loss = torch.zeros(())
+        for _ in range(steps):
+            rows = torch.randint(observations.shape[0], (batch_size,), generator=generator, device=observations.device)
+            with self.learner.autocast():
+                loss = vae_loss(self.behaviour, observations[rows], actions[rows], beta)
+            self.behaviour_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.behaviour_optimizer.step()
+        return float(loss.detach())
 
     @torch.no_grad()
     def reset_actor_to_behaviour(self, generator: torch.Generator) -> None:

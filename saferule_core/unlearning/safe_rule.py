@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from saferule_core.algos.batch import Batch
+from saferule_core.data.dataset import OfflineDataset
 from saferule_core.unlearning.config import SafeRuleConfig
 from saferule_core.unlearning.dynamics import DynamicsSettings, fit_dynamics, rollout_returns, rollout_starts
 from saferule_core.unlearning.methods import MethodOutcome
@@ -216,6 +217,8 @@ def run_safe_rule(session: Session) -> MethodOutcome:
             snapshots.append((step, network_state(learner)))
 
     learner.train_mode(True)
+    if cfg.behaviour_refit_fraction > 0:
+        _refit_behaviour(session, parts, int(round(cfg.behaviour_refit_fraction * total)), generator)
     if cfg.reset_critics != "none" and parts.has_critics:
         assert parts.cost_members is not None
         members = parts.cost_members if cfg.reset_critics == "cost" else slice(None)
@@ -250,20 +253,38 @@ def run_safe_rule(session: Session) -> MethodOutcome:
     return MethodOutcome(selected_step=_choose_checkpoint(session, parts, snapshots))
 
 
+def _retained_rows(session: Session) -> tuple[OfflineDataset, torch.Tensor, torch.Tensor]:
+    """The retained data as the learner trains on it, with its normalised observations and unit-box actions."""
+    learner = session.learner
+    data = learner.training_data(session.split.retained, learner.config)
+    stats, device = learner.info.stats, learner.device
+    observations = torch.from_numpy(stats.normalize_observations(data.observations)).float().to(device)
+    actions = torch.from_numpy(stats.actions_to_unit(data.actions)).float().to(device)
+    return data, observations, actions
+
+
+def _refit_behaviour(session: Session, parts: ModelParts, steps: int, generator: torch.Generator) -> None:
+    """The behaviour model re-drawn and fitted on the retained data, before the budget's learner
+    updates; counted in the report's updates."""
+    _, observations, actions = _retained_rows(session)
+    loss = parts.refit_behaviour(observations, actions, steps, session.config.batch_size, generator)
+    session.updates += steps
+    session.history.append({"update": float(session.updates), "behaviour_refit_steps": float(steps),
+                            "behaviour_refit_loss": loss})
+    session.report_progress("behaviour-refit", 0.0)
+    session.check_stop("behaviour-refit")
+
+
 def _fit_members_to_returns(session: Session, parts: ModelParts, steps: int, generator: torch.Generator) -> None:
     """The cost members (with `return_fit: all` the reward members too) regressed on the retained
     data's logged discounted returns-to-go (in the learner's scales), before the budget's learner
     updates; counted in the report's updates."""
-    learner = session.learner
     assert parts.gamma is not None and parts.cost_members is not None and parts.reward_members is not None
-    data = learner.training_data(session.split.retained, learner.config)
-    stats, device = learner.info.stats, learner.device
+    data, observations, actions = _retained_rows(session)
 
     def tensor(values: NDArray[Any]) -> torch.Tensor:
-        return torch.from_numpy(values).float().to(device)
+        return torch.from_numpy(values).float().to(observations.device)
 
-    observations = tensor(stats.normalize_observations(data.observations))
-    actions = tensor(stats.actions_to_unit(data.actions))
     targets = [(parts.cost_members, tensor(parts.cost_scale * data.discounted_costs_to_go(parts.gamma)))]
     if session.config.safe_rule.return_fit == "all":
         targets.append((parts.reward_members, tensor(parts.reward_scale * data.discounted_rewards_to_go(parts.gamma))))

@@ -388,3 +388,35 @@ def test_held_critics_stay_where_the_return_fit_left_them_while_the_actor_learns
         assert (actions_after - actions_before).abs().max() > 1e-3
     with pytest.raises(UnlearningError, match="hold_critics must be true or false"):
         SafeRuleConfig(hold_critics=1).validate()  # type: ignore[arg-type]
+
+
+def test_the_refitted_behaviour_model_proposes_what_the_retained_data_does() -> None:
+    from tests.core.unlearning.conftest import train_tiny, two_behaviour_dataset
+
+    data = two_behaviour_dataset()
+    learner = train_tiny("bcq_lag", data)
+    parts = model_parts(learner)
+    assert parts.behaviour is not None
+    stats, forget = learner.info.stats, forget_mask_of(data)
+    rows = np.repeat(forget, data.episode_lengths)
+    obs = torch.from_numpy(stats.normalize_observations(data.observations)).float()
+    actions = torch.from_numpy(stats.actions_to_unit(data.actions)).float()
+
+    def proposal_distance(mask: np.ndarray) -> float:
+        """Mean distance of the behaviour model's z = 0 proposal from the logged action, on these rows."""
+        with torch.no_grad():
+            chosen = torch.from_numpy(mask)
+            return float((parts.behaviour.decode(obs[chosen]) - actions[chosen]).norm(dim=-1).mean())
+
+    assert proposal_distance(rows) < 0.3                       # trained on everything: it proposes the forget action
+    loss = parts.refit_behaviour(obs[~torch.from_numpy(rows)], actions[~torch.from_numpy(rows)], steps=300,
+                                 batch_size=64, generator=torch.Generator().manual_seed(0))
+    assert np.isfinite(loss) and proposal_distance(~rows) < 0.1
+    assert proposal_distance(rows) > 0.5                       # ... and no longer, where only forget episodes went
+    seed_everything(0)
+    config = small_config(steps=20, safe_rule={"select_every": 0, "behaviour_refit_fraction": 0.5})
+    _, report = unlearn(train_tiny("bcq_lag", data), data, forget, "safe_rule", config)
+    refit = next(h for h in report.history if "behaviour_refit_steps" in h)
+    assert refit["behaviour_refit_steps"] == 10.0 and report.updates == 30
+    with pytest.raises(UnlearningError, match="has no behaviour model"):
+        model_parts(train_tiny("bc_all", data)).refit_behaviour(obs, actions, 1, 8, torch.Generator())
