@@ -18,40 +18,15 @@ import torch
 from torch import nn
 
 from saferule_core.algos.batch import Batch, NormalizationStats
+from saferule_core.algos.configs import LearnerConfig
 from saferule_core.algos.functional import ModelState, live_params
 from saferule_core.algos.networks import DeployablePolicy
 from saferule_core.data.dataset import OfflineDataset
-from saferule_core.errors import ConfigError, TaskError
+from saferule_core.errors import TaskError
 from saferule_core.tasks.spec import get_task
-
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-OPTIMIZER_IMPLS: tuple[str, ...] = ("fused", "foreach", "for_loop")
 
 Metrics = dict[str, torch.Tensor]
 """0-dim detached tensors; the trainer converts them to floats only when it logs."""
-
-
-@dataclass
-class LearnerConfig:
-    """Settings shared by all learners (each learner's config adds its own)."""
-
-    cost_limit: float = 10.0          # episode cost budget
-    episode_len: int = 0              # 0: the task's episode length, else the longest episode
-    normalize_observations: bool = True
-    precision: str = "fp32"           # "bf16": matmuls under bfloat16 autocast, fp32 master weights
-    compile: bool = False             # torch.compile the loss computations
-    optimizer: str = "fused"          # Adam implementation: "fused" | "foreach" | "for_loop"
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.optimizer not in OPTIMIZER_IMPLS:
-            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZER_IMPLS)}, got {self.optimizer!r}")
-        if self.cost_limit < 0:
-            raise ConfigError(f"cost_limit must be >= 0, got {self.cost_limit}")
-        if self.episode_len < 0:
-            raise ConfigError(f"episode_len must be >= 0, got {self.episode_len}")
 
 
 @dataclass(frozen=True)

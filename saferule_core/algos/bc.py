@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from saferule_core.algos.base import Learner, LearnerConfig, Metrics, ModelInfo, make_adam
+from saferule_core.algos.base import Learner, Metrics, ModelInfo, make_adam
 from saferule_core.algos.batch import Batch
+from saferule_core.algos.configs import LearnerConfig
 from saferule_core.algos.functional import ModelState, Params, bind
 from saferule_core.algos.networks import SquashedDeterministicActor
 from saferule_core.data.dataset import OfflineDataset

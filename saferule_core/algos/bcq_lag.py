@@ -38,16 +38,9 @@ from typing import cast
 import torch
 from torch import nn
 
-from saferule_core.algos.base import (
-    Learner,
-    LearnerConfig,
-    Metrics,
-    ModelInfo,
-    frozen_copy,
-    make_adam,
-    per_step_cost_threshold,
-)
+from saferule_core.algos.base import Learner, Metrics, ModelInfo, frozen_copy, make_adam, per_step_cost_threshold
 from saferule_core.algos.batch import Batch
+from saferule_core.algos.configs import LearnerConfig
 from saferule_core.algos.functional import ModelState, Params, bind, lerp_params
 from saferule_core.algos.lagrangian import PIDGains, PIDLagrangian
 from saferule_core.algos.networks import (

@@ -14,7 +14,8 @@ from saferule_core.errors import ConfigError
 from saferule_core.settings import settings_from_mapping
 
 if TYPE_CHECKING:
-    from saferule_core.algos.base import Learner, LearnerConfig
+    from saferule_core.algos.base import Learner
+    from saferule_core.algos.configs import LearnerConfig
 
 
 @dataclass(frozen=True)

@@ -31,17 +31,10 @@ from tqdm.auto import tqdm
 from saferule_core.algos.base import Learner, Metrics
 from saferule_core.algos.batch import Batch, BatchSampler
 from saferule_core.algos.checkpoint import MODEL_FILE, save_model
+from saferule_core.algos.configs import LoopConfig, TrainConfig
 from saferule_core.algos.functional import ModelState
 from saferule_core.algos.registry import get_algo, make_config
-from saferule_core.algos.trainer import (
-    METRICS_FILE,
-    PROGRESS_KEYS,
-    LoopConfig,
-    TrainConfig,
-    mean_metrics,
-    seed_everything,
-    tune_cpu_allocator,
-)
+from saferule_core.algos.trainer import METRICS_FILE, PROGRESS_KEYS, mean_metrics, seed_everything, tune_cpu_allocator
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import ConfigError
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from saferule_core.algos.base import Learner, Metrics
 from saferule_core.algos.batch import BatchSampler
 from saferule_core.algos.checkpoint import MODEL_FILE, check_compatible, read_checkpoint, save_model
+from saferule_core.algos.configs import TrainConfig
 from saferule_core.algos.registry import get_algo, make_config
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import ConfigError, ModelError
@@ -41,33 +42,6 @@ RESUMABLE_CHANGES: frozenset[str] = frozenset({"precision", "compile", "optimize
 
 StepCallback = Callable[[int, Learner], None]
 """Called after every update (and its logging/checkpointing) with (updates done, learner)."""
-
-
-@dataclass
-class LoopConfig:
-    """How a training loop runs, for one model or a stack of them (`algos.stacked`)."""
-
-    steps: int = 100_000
-    batch_size: int = 512
-    num_threads: int = 2
-    log_every: int = 100              # average and write metrics every N steps
-    checkpoint_every: int = 10_000    # 0: only at the end
-    progress: bool = True
-    tune_allocator: bool = True       # see tune_cpu_allocator
-
-    def validate(self) -> None:
-        for name in ("steps", "batch_size", "num_threads", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-
-
-@dataclass
-class TrainConfig(LoopConfig):
-    """One model's training: the loop and its seed (a stack has one seed per model instead)."""
-
-    seed: int = 0
 
 
 @dataclass

@@ -8,6 +8,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from saferule_core.algos.configs import PRECISIONS, LearnerConfig, TrainConfig
 from saferule_core.algos.registry import ALGORITHMS
 from saferule_core.errors import ConfigError
 from saferule_core.settings import coerce_setting
@@ -58,22 +59,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="dataset directory (saferule dataset store)")
     parser.add_argument("--algo", required=True, choices=sorted(ALGORITHMS), help="learning algorithm")
     parser.add_argument("--out", required=True, type=Path, help="model directory to create")
-    parser.add_argument("--steps", type=int, default=100_000, help="gradient updates (default 100000)")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="gradient updates (default %(default)s)")
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    seeds.add_argument("--seed", type=int, default=TrainConfig.seed, help="random seed (default %(default)s)")
     seeds.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
                        help="train these seeds as one stacked model into --out/seed_<N> (see above)")
     parser.add_argument("--sisa-shards", type=int, default=None, metavar="K",
                         help="train a SISA ensemble of K shard models (see above)")
-    parser.add_argument("--cost-limit", type=float, default=None, help="episode cost budget (default 10)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                        help="bf16: bfloat16 autocast for the matmuls, fp32 weights (default fp32)")
+    parser.add_argument("--cost-limit", type=float, default=None,
+                        help=f"episode cost budget (default {LearnerConfig.cost_limit:g})")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help=f"bf16: bfloat16 autocast for the matmuls, fp32 weights (default {LearnerConfig.precision})")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the loss computations")
-    parser.add_argument("--batch-size", type=int, default=None, help="transitions per update (default 512)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"transitions per update (default {TrainConfig.batch_size})")
+    parser.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default {TrainConfig.num_threads})")
     parser.add_argument("--checkpoint-every", type=int, default=None,
-                        help="write a checkpoint every N steps, 0 = only at the end (default 10000)")
-    parser.add_argument("--log-every", type=int, default=None, help="metrics averaging window (default 100)")
+                        help="write a checkpoint every N steps, 0 = only at the end "
+                             f"(default {TrainConfig.checkpoint_every})")
+    parser.add_argument("--log-every", type=int, default=None,
+                        help=f"metrics averaging window (default {TrainConfig.log_every})")
     parser.add_argument("--config", type=Path, default=None, help="YAML file of setting overrides")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -103,7 +108,7 @@ def _warn_if_bf16_is_emulated(overrides: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saferule_core.algos.trainer import TrainConfig, fit  # torch: imported only when needed
+    from saferule_core.algos.trainer import fit  # torch: imported only when needed
     from saferule_core.data.store import DatasetStore
 
     overrides, train_overrides = read_train_settings(args.config)
@@ -161,7 +166,7 @@ def _run_sisa(args: argparse.Namespace, overrides: dict[str, Any], train_overrid
     from tqdm import tqdm
 
     from saferule_core.algos.checkpoint import MODEL_FILE
-    from saferule_core.algos.trainer import TrainConfig
+    from saferule_core.algos.configs import TrainConfig
     from saferule_core.data.store import DatasetStore
     from saferule_core.unlearning.models import save_model_dir
     from saferule_core.unlearning.sisa import SISA_FILE, train_sisa

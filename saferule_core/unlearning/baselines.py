@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from saferule_core.algos.base import Learner
-from saferule_core.algos.trainer import TrainConfig, fit
+from saferule_core.algos.configs import TrainConfig
+from saferule_core.algos.trainer import fit
 from saferule_core.errors import UnlearningError
 from saferule_core.unlearning.methods import MethodOutcome
 from saferule_core.unlearning.parts import frozen_buffers, model_parts, scaled_gradients

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from saferule_core.algos.base import Learner, LearnerConfig, Metrics, ModelInfo
+from saferule_core.algos.base import Learner, Metrics, ModelInfo
 from saferule_core.algos.batch import Batch, NormalizationStats
 from saferule_core.algos.checkpoint import load_learner, save_model
+from saferule_core.algos.configs import LearnerConfig, TrainConfig
 from saferule_core.algos.registry import get_algo
 from saferule_core.algos.stacked import LearnerStack, StackCallback, StackTrainConfig, build_stack, train_stack
-from saferule_core.algos.trainer import TrainConfig, fit
+from saferule_core.algos.trainer import fit
 from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import ModelError, UnlearningError
 from saferule_core.io_utils import atomic_write_json
