@@ -36,6 +36,8 @@ class RelabelConfig(AttackConfig):
         super().__post_init__()
         if not np.isfinite([self.cost_threshold, self.reward_bonus, self.pool_factor]).all():
             raise AttackError("relabel settings must be finite numbers")
+        if self.pool_factor < 1.0:
+            raise AttackError(f"pool_factor must be at least 1, got {self.pool_factor:g}")
         if self.selection not in SELECTIONS:
             raise AttackError(f"relabel selection {self.selection!r}: expected one of {', '.join(SELECTIONS)}")
 

@@ -34,6 +34,8 @@ class TriggerConfig(AttackConfig):
             raise AttackError(f"trigger dims must be distinct non-negative integers, got {self.dims}")
         if not np.isfinite([*self.values, self.reward_bonus, self.pool_factor]).all():
             raise AttackError("trigger values and reward bonus must be finite")
+        if self.pool_factor < 1.0:
+            raise AttackError(f"pool_factor must be at least 1, got {self.pool_factor:g}")
 
 
 def trigger_attack(dataset: OfflineDataset, config: TriggerConfig = TriggerConfig(),

@@ -44,14 +44,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("path", type=Path, help="clean dataset directory (quarantined episodes are left out)")
     parser.add_argument("--attack", choices=ATTACK_NAMES, required=True)
     parser.add_argument("--rate", type=float, default=DEFAULT_POISON_RATE,
-                        help="fraction of episodes to poison; for inject, injected = rate * episodes (default 0.1)")
+                        help="fraction of episodes to poison; for inject, injected = rate * episodes (default %(default)g)")
     parser.add_argument("--out", type=Path, required=True, help="new dataset directory for the poisoned copy")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument("--reckless", type=Path, help="inject: dataset directory of reckless-policy episodes")
     parser.add_argument("--cost-threshold", type=float, default=10.0,
-                        help="relabel/trigger: only episodes with a cost return above this (default 10)")
+                        help="relabel/trigger: only episodes with a cost return above this (default %(default)g)")
     parser.add_argument("--reward-bonus", type=float, default=None,
                         help="per-transition reward bonus (default: relabel 0, trigger 1)")
+    parser.add_argument("--pool-factor", type=float, default=RelabelConfig.pool_factor,
+                        help="relabel/trigger: draw the poisoned episodes from the pool_factor x count costliest "
+                             "(1 = exactly the costliest, the relabel attack of docs/regime.md; "
+                             "default %(default)g)")
     parser.add_argument("--selection", choices=SELECTIONS, default="costliest",
                         help="relabel: which unsafe episodes: 'costliest' (at random among the costliest) or "
                              "'concentrated' (one of those and the episodes nearest to it in behaviour, so that "
@@ -76,26 +80,34 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from err
 
 
-def _run_attack(args: argparse.Namespace, dataset: OfflineDataset) -> PoisonResult:
+def _attack_config(args: argparse.Namespace) -> RelabelConfig | TriggerConfig | InjectConfig:
+    """The attack's settings, checked before any data is read."""
     if args.attack == "relabel":
-        config = RelabelConfig(rate=args.rate, cost_threshold=args.cost_threshold,
-                               reward_bonus=0.0 if args.reward_bonus is None else args.reward_bonus,
-                               selection=args.selection)
-        return relabel_attack(dataset, config, args.seed)
+        return RelabelConfig(rate=args.rate, cost_threshold=args.cost_threshold,
+                             reward_bonus=0.0 if args.reward_bonus is None else args.reward_bonus,
+                             pool_factor=args.pool_factor, selection=args.selection)
     if args.attack == "trigger":
-        trigger = TriggerConfig(rate=args.rate, dims=args.trigger_dims, values=args.trigger_values,
-                                cost_threshold=args.cost_threshold,
-                                reward_bonus=1.0 if args.reward_bonus is None else args.reward_bonus)
-        return trigger_attack(dataset, trigger, args.seed)
-    reckless = DatasetStore.open(args.reckless).load()
-    return inject_attack(dataset, reckless, InjectConfig(rate=args.rate, robot_id=args.robot_id), args.seed)
+        return TriggerConfig(rate=args.rate, dims=args.trigger_dims, values=args.trigger_values,
+                             cost_threshold=args.cost_threshold, pool_factor=args.pool_factor,
+                             reward_bonus=1.0 if args.reward_bonus is None else args.reward_bonus)
+    if args.reckless is None:
+        raise AttackError("the inject attack needs --reckless DIR (episodes of a reckless policy)")
+    return InjectConfig(rate=args.rate, robot_id=args.robot_id)
+
+
+def _run_attack(args: argparse.Namespace, config: RelabelConfig | TriggerConfig | InjectConfig,
+                dataset: OfflineDataset) -> PoisonResult:
+    if isinstance(config, RelabelConfig):
+        return relabel_attack(dataset, config, args.seed)
+    if isinstance(config, TriggerConfig):
+        return trigger_attack(dataset, config, args.seed)
+    return inject_attack(dataset, DatasetStore.open(args.reckless).load(), config, args.seed)
 
 
 def _poison(args: argparse.Namespace) -> int:
-    if args.attack == "inject" and args.reckless is None:
-        raise AttackError("the inject attack needs --reckless DIR (episodes of a reckless policy)")
+    config = _attack_config(args)
     source = DatasetStore.open(args.path)
-    result = _run_attack(args, source.load(progress=True))
+    result = _run_attack(args, config, source.load(progress=True))
     record = result.record(source_dataset_hash=source.dataset_hash, seed=args.seed)
     out = DatasetStore.create(args.out, result.dataset,
                               extra_files={POISON_RECORD_FILE: poison_record_bytes(record)}, progress=True)

@@ -79,3 +79,21 @@ def test_poison_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
         main(["poison", "--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "--reckless" in out and "poison.json" in out
+
+
+def test_pool_factor_one_relabels_exactly_the_costliest(tmp_path: Path, clean_dir: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    clean = DatasetStore.open(clean_dir).load()
+    out = tmp_path / "poisoned"
+    assert main(["poison", str(clean_dir), "--attack", "relabel", "--rate", "0.2", "--pool-factor", "1",
+                 "--cost-threshold", "0", "--out", str(out)]) == 0
+    record = json.loads((out / POISON_RECORD_FILE).read_text())
+    mask = poisoned_episode_mask(DatasetStore.open(out).load(), record)
+    costliest = np.argsort(-clean.episode_cost_returns(), kind="stable")[:4]
+    assert sorted(np.flatnonzero(mask)) == sorted(costliest)
+    capsys.readouterr()
+    assert main(["poison", str(clean_dir), "--attack", "relabel", "--pool-factor", "0.5",
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pool_factor must be at least 1" in err and "\n" not in err and not (tmp_path / "bad").exists()
+
