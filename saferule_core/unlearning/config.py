@@ -85,6 +85,11 @@ class SafeRuleConfig:
     state_repair_weight: float = 1.0   # w_s, the actor's value objective at the forget states
     state_cost_penalty: float = 3.0    # k_s, weight of the soft hinge on Q_c(s_f, pi(s_f)) > q* in it
     behaviour_quantile: float = 0.9    # eps* = this quantile of the behaviour model's score on retained data
+    # The actor and behaviour terms act only on forget (state, action) pairs the retained data does not cover: a
+    # pair is covered when its nearest retained transition is within the retained data's own nearest-neighbour
+    # distance at this quantile (docs/safe_rule.md, after round 16: forget episodes start as retained ones do).
+    # 0: off (every forget transition).
+    gate_covered_quantile: float = 0.0
     temperature: float = 0.1           # tau, relative to each hinge's unit
     reset_critics: str = "none"        # one of CRITIC_RESETS: critic members re-initialised before the refit
     reset_actor: bool = False          # BCQ-Lag: the actor starts again from "no perturbation" before the refit
@@ -114,6 +119,7 @@ class SafeRuleConfig:
                             max_reward_drop=self.max_reward_drop, max_cost_rise=self.max_cost_rise)
         _check_positive("safe_rule", actor_margin=self.actor_margin, temperature=self.temperature)
         _check_fraction("safe_rule", "behaviour_quantile", self.behaviour_quantile)
+        _check_fraction("safe_rule", "gate_covered_quantile", self.gate_covered_quantile)
         _check_non_negative("safe_rule", return_fit_fraction=self.return_fit_fraction,
                             behaviour_refit_fraction=self.behaviour_refit_fraction)
         if self.reset_critics not in CRITIC_RESETS:

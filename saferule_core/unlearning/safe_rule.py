@@ -61,6 +61,7 @@ class ForgetTerms:
     batch: Batch | None = None
     batch_rows: torch.Tensor | None = None
     last: dict[str, torch.Tensor] | None = None
+    uncovered: torch.Tensor | None = None   # [N] 1.0 where the retained data does not cover the forget (s, a)
 
     @torch.no_grad()
     def start(self, forget: Batch, chunk: int = 8192) -> None:
@@ -84,6 +85,40 @@ class ForgetTerms:
         self.batch_rows = rows
         self.batch = Batch(*(getattr(self.forget, name).index_select(0, rows) for name in
                              ("observations", "actions", "rewards", "costs", "next_observations", "terminals")))
+
+    def _gate(self) -> torch.Tensor | float:
+        """Per row of the batch: 1 where the actor and behaviour terms act, 0 where the retained data
+        covers the forget (state, action) (`gate_covered_quantile`); 1 everywhere when the gate is off."""
+        if self.uncovered is None or self.batch_rows is None:
+            return 1.0
+        return self.uncovered.index_select(0, self.batch_rows)
+
+    @torch.no_grad()
+    def gate_covered(self, retained: Batch, quantile: float, reference_rows: int = 2048, chunk: int = 256,
+                     generator: torch.Generator | None = None) -> None:
+        """Mark which forget transitions the retained data does not cover: a forget (normalised state,
+        unit action) is covered when its nearest retained transition is no farther than the retained
+        data's own nearest-neighbour distance at `quantile` (measured on `reference_rows` of them).
+        Where the forget episodes did what the retained ones also do (the same start, the same
+        acceleration), pushing the policy away from that action would push it away from the retained
+        behaviour as well."""
+        assert self.forget is not None
+
+        def features(batch: Batch) -> torch.Tensor:
+            return torch.cat([batch.observations, batch.actions], dim=-1).float()
+
+        pool = features(retained)
+
+        def nearest(queries: torch.Tensor, skip_self: bool) -> torch.Tensor:
+            found = []
+            for begin in range(0, queries.shape[0], chunk):
+                distances = torch.cdist(queries[begin:begin + chunk], pool)
+                found.append(distances.topk(2 if skip_self else 1, dim=1, largest=False).values[:, -1])
+            return torch.cat(found)
+
+        picks = torch.randperm(pool.shape[0], generator=generator, device=pool.device)[:reference_rows]
+        threshold = torch.quantile(nearest(pool[picks], skip_self=True), quantile)
+        self.uncovered = (nearest(features(self.forget), skip_self=False) > threshold).float()
 
     def _record(self, name: str, value: torch.Tensor) -> None:
         if self.last is not None:
@@ -132,7 +167,7 @@ class ForgetTerms:
             return None
         actions = self.parts.policy_actions(batch.observations)
         distance = (actions - batch.actions).pow(2).mean(dim=-1)
-        term = soft_hinge(cfg.actor_margin - distance, cfg.temperature * cfg.actor_margin).mean()
+        term = (self._gate() * soft_hinge(cfg.actor_margin - distance, cfg.temperature * cfg.actor_margin)).mean()
         self._record("forget_actor_hinge", term)
         self._record("forget_action_sq_distance", distance.mean())
         return cfg.actor_weight * term + self._state_repair(actions)
@@ -164,7 +199,7 @@ class ForgetTerms:
             return None
         eps = max(self.behaviour_threshold, SCALE_FLOOR)
         score, _ = self.parts.behaviour_scores(batch.observations, batch.actions)
-        term = soft_hinge(eps - score, cfg.temperature * eps).mean()
+        term = (self._gate() * soft_hinge(eps - score, cfg.temperature * eps)).mean()
         self._record("forget_behaviour_hinge", term)
         return cfg.behaviour_weight * term
 
@@ -206,6 +241,11 @@ def run_safe_rule(session: Session) -> MethodOutcome:
     terms.start(forget.rows(torch.arange(forget.num_transitions)))
     generator = torch.Generator(device=learner.device)
     generator.manual_seed(session.config.seed + 1)
+    if cfg.gate_covered_quantile > 0:
+        terms.gate_covered(retained.rows(torch.arange(retained.num_transitions)), cfg.gate_covered_quantile,
+                           generator=generator)
+        assert terms.uncovered is not None
+        session.history.append({"update": 0.0, "forget_uncovered_share": float(terms.uncovered.mean())})
 
     selecting = parts.has_critics and cfg.select_every > 0
     snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]] = []

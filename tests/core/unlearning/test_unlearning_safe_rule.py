@@ -420,3 +420,45 @@ def test_the_refitted_behaviour_model_proposes_what_the_retained_data_does() -> 
     assert refit["behaviour_refit_steps"] == 10.0 and report.updates == 30
     with pytest.raises(UnlearningError, match="has no behaviour model"):
         model_parts(train_tiny("bc_all", data)).refit_behaviour(obs, actions, 1, 8, torch.Generator())
+
+
+def test_the_coverage_gate_exempts_forget_pairs_the_retained_data_also_has() -> None:
+    from saferule_core.algos.batch import Batch
+    from saferule_core.unlearning.parts import clone_learner
+    from saferule_core.unlearning.safe_rule import ForgetTerms
+    from tests.core.unlearning.conftest import train_tiny, two_behaviour_dataset
+
+    def batch(obs: torch.Tensor, act: torch.Tensor) -> Batch:
+        rows = obs.shape[0]
+        return Batch(obs, act, torch.zeros(rows), torch.zeros(rows), obs, torch.zeros(rows))
+
+    learner = clone_learner(train_tiny("bcq_lag", two_behaviour_dataset(), steps=20))
+    obs_dim, act_dim = learner.info.obs_dim, learner.info.act_dim
+    generator = torch.Generator().manual_seed(0)
+    retained = batch(torch.randn(500, obs_dim, generator=generator),
+                     torch.rand(500, act_dim, generator=generator) - 0.5)
+    shared = batch(retained.observations[:40], retained.actions[:40])            # what the retained data also did
+    far_states = torch.randn(40, obs_dim, generator=generator) + 6.0
+    with torch.no_grad():                 # forget actions = the policy's own there: the actor hinge is active
+        apart = batch(far_states, model_parts(learner).policy_actions(far_states))
+    forget = batch(torch.cat([shared.observations, apart.observations]), torch.cat([shared.actions, apart.actions]))
+    terms = ForgetTerms(model_parts(learner), SafeRuleConfig(gate_covered_quantile=0.5), behaviour_threshold=0.1)
+    terms.forget = forget
+    terms.gate_covered(retained, 0.5, generator=torch.Generator().manual_seed(1))
+    assert terms.uncovered is not None
+    assert terms.uncovered[:40].sum() == 0 and terms.uncovered[40:].sum() == 40
+    # the actor's forget term acts only on the uncovered rows
+    terms.batch_rows = torch.arange(40)
+    terms.batch = Batch(*(getattr(forget, name)[:40] for name in
+                          ("observations", "actions", "rewards", "costs", "next_observations", "terminals")))
+    gated = SafeRuleConfig(gate_covered_quantile=0.5, state_repair_weight=0.0)
+    terms.config = gated
+    actor_term = terms.actor()
+    assert actor_term is not None and float(actor_term.detach()) == 0.0
+    terms.batch_rows = torch.arange(40, 80)
+    terms.batch = Batch(*(getattr(forget, name)[40:] for name in
+                          ("observations", "actions", "rewards", "costs", "next_observations", "terminals")))
+    actor_term = terms.actor()
+    assert actor_term is not None and float(actor_term.detach()) > 0.0
+    with pytest.raises(UnlearningError, match="gate_covered_quantile must be in"):
+        SafeRuleConfig(gate_covered_quantile=1.5).validate()
