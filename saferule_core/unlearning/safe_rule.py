@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from saferule_core.algos.batch import Batch
-from saferule_core.data.dataset import OfflineDataset
 from saferule_core.unlearning.config import SafeRuleConfig
 from saferule_core.unlearning.dynamics import DynamicsSettings, fit_dynamics, rollout_returns, rollout_starts
 from saferule_core.unlearning.methods import MethodOutcome
@@ -242,8 +241,7 @@ def run_safe_rule(session: Session) -> MethodOutcome:
     generator = torch.Generator(device=learner.device)
     generator.manual_seed(session.config.seed + 1)
     if cfg.gate_covered_quantile > 0:
-        terms.gate_covered(retained.rows(torch.arange(retained.num_transitions)), cfg.gate_covered_quantile,
-                           generator=generator)
+        terms.gate_covered(_retained_rows(session), cfg.gate_covered_quantile, generator=generator)
         assert terms.uncovered is not None
         session.history.append({"update": 0.0, "forget_uncovered_share": float(terms.uncovered.mean())})
 
@@ -293,21 +291,18 @@ def run_safe_rule(session: Session) -> MethodOutcome:
     return MethodOutcome(selected_step=_choose_checkpoint(session, parts, snapshots))
 
 
-def _retained_rows(session: Session) -> tuple[OfflineDataset, torch.Tensor, torch.Tensor]:
-    """The retained data as the learner trains on it, with its normalised observations and unit-box actions."""
-    learner = session.learner
-    data = learner.training_data(session.split.retained, learner.config)
-    stats, device = learner.info.stats, learner.device
-    observations = torch.from_numpy(stats.normalize_observations(data.observations)).float().to(device)
-    actions = torch.from_numpy(stats.actions_to_unit(data.actions)).float().to(device)
-    return data, observations, actions
+def _retained_rows(session: Session) -> Batch:
+    """Every retained transition as the learner trains on it (normalised observations, unit-box
+    actions): the rows of the session's retained sampler, in the retained data's order."""
+    sampler = session.retained_sampler()
+    return sampler.rows(torch.arange(sampler.num_transitions))
 
 
 def _refit_behaviour(session: Session, parts: ModelParts, steps: int, generator: torch.Generator) -> None:
     """The behaviour model re-drawn and fitted on the retained data, before the budget's learner
     updates; counted in the report's updates."""
-    _, observations, actions = _retained_rows(session)
-    loss = parts.refit_behaviour(observations, actions, steps, session.config.batch_size, generator)
+    rows = _retained_rows(session)
+    loss = parts.refit_behaviour(rows.observations, rows.actions, steps, session.config.batch_size, generator)
     session.updates += steps
     session.history.append({"update": float(session.updates), "behaviour_refit_steps": float(steps),
                             "behaviour_refit_loss": loss})
@@ -320,15 +315,17 @@ def _fit_members_to_returns(session: Session, parts: ModelParts, steps: int, gen
     data's logged discounted returns-to-go (in the learner's scales), before the budget's learner
     updates; counted in the report's updates."""
     assert parts.gamma is not None and parts.cost_members is not None and parts.reward_members is not None
-    data, observations, actions = _retained_rows(session)
+    learner, rows = session.learner, _retained_rows(session)
+    data = learner.training_data(session.split.retained, learner.config)   # the sampler's rows, in its order
 
     def tensor(values: NDArray[Any]) -> torch.Tensor:
-        return torch.from_numpy(values).float().to(observations.device)
+        return torch.from_numpy(values).float().to(rows.observations.device)
 
     targets = [(parts.cost_members, tensor(parts.cost_scale * data.discounted_costs_to_go(parts.gamma)))]
     if session.config.safe_rule.return_fit == "all":
         targets.append((parts.reward_members, tensor(parts.reward_scale * data.discounted_rewards_to_go(parts.gamma))))
-    error = parts.fit_critic_members(observations, actions, targets, steps, session.config.batch_size, generator)
+    error = parts.fit_critic_members(rows.observations, rows.actions, targets, steps, session.config.batch_size,
+                                     generator)
     session.updates += steps
     session.history.append({"update": float(session.updates), "return_fit_steps": float(steps),
                             "return_fit_mse": error})
