@@ -16,12 +16,15 @@ typed config dataclass: learner, unlearning and demo settings all go through `se
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from saferule_core.errors import ConfigError, SafeRuleError
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 ConfigT = TypeVar("ConfigT")
 
@@ -77,6 +80,11 @@ def coerce_setting(name: str, hint: Any, value: Any, error: type[SafeRuleError] 
             raise refuse()
         return value
     if hint is float:
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads exponent notation without a dot ("1e-4") as a string; a user means the number.
+            if not _EXPONENT_NUMBER.fullmatch(value.strip()):
+                raise refuse()
+            return float(value)
         if not (_is_int(value) or isinstance(value, float)):
             raise refuse()
         return float(value)

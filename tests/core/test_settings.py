@@ -64,6 +64,16 @@ def test_a_non_mapping_is_refused_and_the_dataclass_validates_itself_last() -> N
         settings_from_mapping(Outer, {"steps": 0}, "outer", UnlearningError)
 
 
+def test_exponent_notation_that_yaml_reads_as_a_string_is_the_number() -> None:
+    assert settings_from_mapping(Inner, {"rate": "1e-4"}, "inner").rate == pytest.approx(1e-4)
+    assert settings_from_mapping(Inner, {"rate": "-2.5E+3"}, "inner").rate == -2500.0
+    for text in ("fast", "1e", "nan", "1e-4x"):
+        with pytest.raises(ConfigError, match="rate must be a number"):
+            settings_from_mapping(Inner, {"rate": text}, "inner")
+    with pytest.raises(ConfigError, match="steps must be an integer"):
+        settings_from_mapping(Outer, {"steps": "1e3"}, "outer")
+
+
 def test_optional_values() -> None:
     assert coerce_setting("x", int | None, None) is None
     assert coerce_setting("x", float | None, 3) == 3.0
