@@ -105,6 +105,19 @@ class SafeRuleConfig:
     select_by: str = "model"
     model_updates_per_step: float = 1.5  # dynamics-model updates per unlearning update ("model*" only)
     model_starts: int = 64             # simulated episodes per candidate ("model*" only)
+    # After the repair, the actor alone improved for this many steps on simulated episodes of that dynamics model
+    # (unlearning/model_repair.py): reward return up, each episode's cost return (the largest member's with
+    # model_repair_pessimistic_cost) under model_repair_cost_target x the learner's cost_limit. 0: off.
+    model_repair_steps: int = 0
+    model_repair_episodes: int = 32    # simulated episodes per step
+    # 0: whole episodes from the retained start states; H > 0: H-step pieces from retained states drawn at random
+    # (cost target scaled by H / episode length)
+    model_repair_horizon: int = 0
+    model_repair_learning_rate: float = 3e-4
+    model_repair_cost_target: float = 0.8
+    model_repair_cost_penalty: float = 10.0
+    model_repair_pessimistic_cost: bool = False   # the max over members sums its bias over an episode (28 for 0 on s101)
+    model_repair_snapshot_every: int = 10   # its snapshots join the checkpoint choice
 
     def validate(self) -> None:
         _check_fraction("safe_rule", "repair_fraction", self.repair_fraction, open_top=True)
@@ -136,7 +149,18 @@ class SafeRuleConfig:
                 raise UnlearningError(f"safe_rule.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if isinstance(self.model_starts, bool) or not isinstance(self.model_starts, int) or self.model_starts <= 0:
             raise UnlearningError(f"safe_rule.model_starts must be a positive integer, got {self.model_starts!r}")
-        _check_positive("safe_rule", model_updates_per_step=self.model_updates_per_step)
+        _check_positive("safe_rule", model_updates_per_step=self.model_updates_per_step,
+                        model_repair_learning_rate=self.model_repair_learning_rate,
+                        model_repair_cost_target=self.model_repair_cost_target)
+        _check_non_negative("safe_rule", model_repair_cost_penalty=self.model_repair_cost_penalty)
+        for name, minimum in (("model_repair_steps", 0), ("model_repair_episodes", 1), ("model_repair_horizon", 0),
+                              ("model_repair_snapshot_every", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise UnlearningError(f"safe_rule.{name} must be an integer >= {minimum}, got {value!r}")
+        if not isinstance(self.model_repair_pessimistic_cost, bool):
+            raise UnlearningError("safe_rule.model_repair_pessimistic_cost must be true or false, "
+                                  f"got {self.model_repair_pessimistic_cost!r}")
 
 
 @dataclass

@@ -68,12 +68,20 @@ class DynamicsEnsemble(nn.Module):
                 x = torch.nn.functional.silu(x)
         return x
 
+    def predict(self, obs: torch.Tensor, actions: torch.Tensor,
+                pessimistic_cost: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(next observations, rewards, costs) from the members' mean, costs clipped at 0; with
+        `pessimistic_cost` the cost is the largest member's. Differentiable in obs and actions."""
+        outputs = self.forward(obs, actions)
+        mean = outputs.mean(dim=0)
+        next_obs = obs + mean[:, :self.obs_dim] * self.delta_std + self.delta_mean
+        cost = outputs[:, :, self.obs_dim + 1].max(dim=0).values if pessimistic_cost else mean[:, self.obs_dim + 1]
+        return next_obs, mean[:, self.obs_dim], cost.clamp(min=0.0)
+
     @torch.no_grad()
     def step(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The members' mean prediction: (next observations, rewards, costs), costs clipped at 0."""
-        mean = self.forward(obs, actions).mean(dim=0)
-        next_obs = obs + mean[:, :self.obs_dim] * self.delta_std + self.delta_mean
-        return next_obs, mean[:, self.obs_dim], mean[:, self.obs_dim + 1].clamp(min=0.0)
+        return self.predict(obs, actions)
 
 
 def fit_dynamics(data: OfflineDataset, stats: NormalizationStats, settings: DynamicsSettings,
@@ -138,16 +146,24 @@ def rollout_starts(data: OfflineDataset, stats: NormalizationStats, count: int, 
     return RolloutStarts(states, steps, random_actions.to(device))
 
 
-@torch.no_grad()
-def rollout_returns(model: DynamicsEnsemble, policy: PolicyActions, starts: RolloutStarts) -> tuple[float, float]:
-    """Mean undiscounted (reward, cost) return of `policy` over simulated episodes from `starts`."""
+def simulate_episodes(model: DynamicsEnsemble, policy: PolicyActions, starts: RolloutStarts,
+                      pessimistic_cost: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undiscounted (reward, cost) return of each simulated episode from `starts`, [B] each.
+    Differentiable through the policy's actions and the model (back-propagation through time)."""
     obs = starts.states
     reward = torch.zeros(obs.shape[0], device=obs.device)
     cost = torch.zeros_like(reward)
     random_steps = starts.random_actions.shape[0]
     for t in range(starts.steps):
         actions = starts.random_actions[t] if t < random_steps else policy(obs).float()
-        obs, step_reward, step_cost = model.step(obs, actions)
-        reward += step_reward
-        cost += step_cost
+        obs, step_reward, step_cost = model.predict(obs, actions, pessimistic_cost)
+        reward = reward + step_reward
+        cost = cost + step_cost
+    return reward, cost
+
+
+@torch.no_grad()
+def rollout_returns(model: DynamicsEnsemble, policy: PolicyActions, starts: RolloutStarts) -> tuple[float, float]:
+    """Mean undiscounted (reward, cost) return of `policy` over simulated episodes from `starts`."""
+    reward, cost = simulate_episodes(model, policy, starts)
     return float(reward.mean()), float(cost.mean())

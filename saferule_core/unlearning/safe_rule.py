@@ -9,19 +9,27 @@ so the Lagrange multiplier keeps adapting on retained states and no learner loss
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from saferule_core.algos.batch import Batch
 from saferule_core.unlearning.config import SafeRuleConfig
-from saferule_core.unlearning.dynamics import DynamicsSettings, fit_dynamics, rollout_returns, rollout_starts
+from saferule_core.unlearning.dynamics import (
+    DynamicsEnsemble,
+    DynamicsSettings,
+    RolloutStarts,
+    fit_dynamics,
+    rollout_returns,
+    rollout_starts,
+)
+from saferule_core.unlearning.hinge import soft_hinge
 from saferule_core.unlearning.methods import MethodOutcome
+from saferule_core.unlearning.model_repair import ModelRepairSettings, repair_on_model
 from saferule_core.unlearning.parts import (
     ModelParts,
     clone_learner,
@@ -34,12 +42,6 @@ from saferule_core.unlearning.parts import (
 from saferule_core.unlearning.session import ScoringStates, Session, offline_estimates
 
 SCALE_FLOOR = 1e-3   # smallest unit a relative margin is measured in
-
-
-def soft_hinge(x: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
-    """tau * softplus(x / tau): ~max(x, 0), smooth; its gradient sigmoid(x / tau) lies in (0, 1) and
-    vanishes once x < 0 by a few tau (the constraint x <= 0 is met), so the term saturates."""
-    return temperature * F.softplus(x / temperature)
 
 
 @dataclass
@@ -285,10 +287,15 @@ def run_safe_rule(session: Session) -> MethodOutcome:
             session.step_done("repair", step / total, learner.update(retained.sample()))
             maybe_snapshot(step)
     session.flush("repair", 1.0)
+    simulator = _RetainedSimulator(session) if cfg.select_by in ("model", "model_cost") or (
+        cfg.model_repair_steps > 0 and parts.has_critics) else None
+    if cfg.model_repair_steps > 0 and parts.has_critics:
+        assert simulator is not None
+        _repair_on_model(session, parts, simulator, snapshots if selecting else None)
     if not snapshots:
         return MethodOutcome()
     session.report_progress("select", 1.0)
-    return MethodOutcome(selected_step=_choose_checkpoint(session, parts, snapshots))
+    return MethodOutcome(selected_step=_choose_checkpoint(session, parts, snapshots, simulator))
 
 
 def _retained_rows(session: Session) -> Batch:
@@ -333,8 +340,60 @@ def _fit_members_to_returns(session: Session, parts: ModelParts, steps: int, gen
     session.check_stop("return-fit")
 
 
+class _RetainedSimulator:
+    """A dynamics model fitted on the retained data (`model_updates_per_step` updates per unlearning
+    update) and the episodes the checkpoint choice simulates (`rollout_starts`: the task's episode
+    length and start-state perturbation)."""
+
+    def __init__(self, session: Session) -> None:
+        cfg, learner, retained = session.config.safe_rule, session.learner, session.split.retained
+        updates = max(1, int(round(cfg.model_updates_per_step * session.config.steps)))
+        self.model: DynamicsEnsemble = fit_dynamics(retained, learner.info.stats, DynamicsSettings(updates=updates),
+                                                    seed=session.config.seed, device=learner.device)
+        self.starts = rollout_starts(retained, learner.info.stats, cfg.model_starts, session.config.seed,
+                                     learner.device)
+
+    def score(self, policy: ModelParts) -> tuple[float, float]:
+        """The policy's mean simulated (reward, cost) return."""
+        return rollout_returns(self.model, policy.policy_actions, self.starts)
+
+
+def _repair_on_model(session: Session, parts: ModelParts, simulator: _RetainedSimulator,
+                     snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]] | None) -> None:
+    """The actor improved on simulated episodes (unlearning/model_repair.py); a snapshot every
+    `model_repair_snapshot_every` of its steps joins the checkpoint choice."""
+    cfg, learner = session.config.safe_rule, session.learner
+    total, retained, stats = session.config.steps, session.split.retained, learner.info.stats
+    episode_len = simulator.starts.steps
+    horizon = cfg.model_repair_horizon if 0 < cfg.model_repair_horizon < episode_len else episode_len
+    settings = ModelRepairSettings(steps=cfg.model_repair_steps, learning_rate=cfg.model_repair_learning_rate,
+                                   cost_target=cfg.model_repair_cost_target * float(learner.config.cost_limit)
+                                   * horizon / episode_len,
+                                   cost_penalty=cfg.model_repair_cost_penalty,
+                                   pessimistic_cost=cfg.model_repair_pessimistic_cost)
+    rows = _retained_rows(session).observations if horizon < episode_len else None
+    generator = torch.Generator(device=learner.device).manual_seed(session.config.seed + 7919)
+
+    def draw_starts(step: int) -> RolloutStarts:
+        if rows is None:     # whole episodes from the retained episodes' start states
+            return rollout_starts(retained, stats, cfg.model_repair_episodes, session.config.seed + 7919 * (step + 1),
+                                  learner.device)
+        picks = torch.randint(rows.shape[0], (cfg.model_repair_episodes,), generator=generator, device=rows.device)
+        return RolloutStarts(rows.index_select(0, picks), horizon,
+                             torch.zeros(0, cfg.model_repair_episodes, stats.act_dim, device=rows.device))
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        if snapshots is not None and (step % cfg.model_repair_snapshot_every == 0 or step == settings.steps):
+            snapshots.append((total + step, network_state(learner)))
+        session.step_done("model-repair", 1.0, {k: torch.tensor(v) for k, v in metrics.items()})
+
+    repair_on_model(parts, simulator.model, draw_starts, settings, on_step)
+    session.flush("model-repair", 1.0)
+
+
 def _choose_checkpoint(session: Session, parts: ModelParts,
-                       snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]]) -> int:
+                       snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]],
+                       simulator: _RetainedSimulator | None) -> int:
     """Score every snapshot's policy on retained initial states: its cost value by the final critics
     (the ones trained longest on retained data, one yardstick for all), its reward by the final reward
     critics or, with select_by "model", by rollouts in a dynamics model of the retained data; with
@@ -345,7 +404,7 @@ def _choose_checkpoint(session: Session, parts: ModelParts,
     states = ScoringStates.of(session.learner, session.split, session.config.seed)
     candidate = clone_learner(session.learner)
     candidate_parts = model_parts(candidate)
-    simulate = _model_scorer(session) if cfg.select_by in ("model", "model_cost") else None
+    simulate = simulator.score if simulator is not None and cfg.select_by in ("model", "model_cost") else None
     cost_values, reward_values = [], []
     for _step, state in snapshots:
         load_network_state(candidate, state)
@@ -365,18 +424,3 @@ def _choose_checkpoint(session: Session, parts: ModelParts,
                             "selected_reward_value": float(reward[best]), "selected_cost_value": float(cost[best]),
                             "candidates": float(len(snapshots)), "candidates_within_threshold": float(within.sum())})
     return step
-
-
-def _model_scorer(session: Session) -> Callable[[ModelParts], tuple[float, float]]:
-    """Fit a dynamics model on the retained data; return a scorer of a policy's simulated
-    (reward, cost) return (`rollout_starts`: the task's episode length and start-state perturbation)."""
-    cfg, learner, retained = session.config.safe_rule, session.learner, session.split.retained
-    updates = max(1, int(round(cfg.model_updates_per_step * session.config.steps)))
-    model = fit_dynamics(retained, learner.info.stats, DynamicsSettings(updates=updates),
-                         seed=session.config.seed, device=learner.device)
-    starts = rollout_starts(retained, learner.info.stats, cfg.model_starts, session.config.seed, learner.device)
-
-    def simulate(policy: ModelParts) -> tuple[float, float]:
-        return rollout_returns(model, policy.policy_actions, starts)
-
-    return simulate

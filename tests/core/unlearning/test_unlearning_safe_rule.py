@@ -12,8 +12,8 @@ from saferule_core.data.dataset import OfflineDataset
 from saferule_core.errors import UnlearningError
 from saferule_core.unlearning.api import unlearn
 from saferule_core.unlearning.config import SafeRuleConfig
+from saferule_core.unlearning.hinge import soft_hinge
 from saferule_core.unlearning.parts import model_parts
-from saferule_core.unlearning.safe_rule import soft_hinge
 from tests.core.unlearning.conftest import FORGET_ACTION, forget_mask_of, small_config
 
 
@@ -462,3 +462,24 @@ def test_the_coverage_gate_exempts_forget_pairs_the_retained_data_also_has() -> 
     assert actor_term is not None and float(actor_term.detach()) > 0.0
     with pytest.raises(UnlearningError, match="gate_covered_quantile must be in"):
         SafeRuleConfig(gate_covered_quantile=1.5).validate()
+
+
+def test_model_repair_snapshots_join_the_checkpoint_choice_and_count_as_updates() -> None:
+    from tests.core.unlearning.conftest import train_tiny
+
+    data = _costly_dataset()
+    learner = train_tiny("bcq_lag_constrained", data, steps=50)
+    seed_everything(0)
+    config = small_config(steps=20, safe_rule={"select_every": 5, "select_by": "model", "model_repair_steps": 6,
+                                               "model_repair_snapshot_every": 3, "model_repair_episodes": 4,
+                                               "model_repair_horizon": 5})
+    _, report = unlearn(learner, data, forget_mask_of(data), "safe_rule", config)
+    repaired = [h for h in report.history if "model_repair_reward" in h]
+    choice = next(h for h in report.history if "candidates" in h)
+    assert report.updates == 26 and repaired and all(np.isfinite(h["model_repair_cost"]) for h in repaired)
+    assert choice["candidates"] == 2 + 2          # the repair phase's (updates 18, 20) and model repair's (3, 6)
+    for bad, message in (({"model_repair_steps": -1}, "model_repair_steps must be an integer >= 0"),
+                         ({"model_repair_snapshot_every": 0}, "model_repair_snapshot_every must be an integer >= 1"),
+                         ({"model_repair_cost_target": 0.0}, "model_repair_cost_target must be")):
+        with pytest.raises(UnlearningError, match=message):
+            SafeRuleConfig(**bad).validate()  # type: ignore[arg-type]
