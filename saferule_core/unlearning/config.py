@@ -118,6 +118,13 @@ class SafeRuleConfig:
     model_repair_cost_penalty: float = 10.0
     model_repair_pessimistic_cost: bool = False   # the max over members sums its bias over an episode (28 for 0 on s101)
     model_repair_snapshot_every: int = 10   # its snapshots join the checkpoint choice
+    # Before each model repair, every critic member regressed (model_value_fit_steps updates) on the current policy's
+    # discounted returns simulated in that model from this many retained (state, action) rows, over
+    # model_value_horizon steps; model_value_rounds alternations of the two. 0 rows: off.
+    model_value_rows: int = 0
+    model_value_horizon: int = 200
+    model_value_fit_steps: int = 300
+    model_value_rounds: int = 1
 
     def validate(self) -> None:
         _check_fraction("safe_rule", "repair_fraction", self.repair_fraction, open_top=True)
@@ -154,6 +161,8 @@ class SafeRuleConfig:
                         model_repair_cost_target=self.model_repair_cost_target)
         _check_non_negative("safe_rule", model_repair_cost_penalty=self.model_repair_cost_penalty)
         for name, minimum in (("model_repair_steps", 0), ("model_repair_episodes", 1), ("model_repair_horizon", 0),
+                              ("model_value_rows", 0), ("model_value_horizon", 1), ("model_value_fit_steps", 1),
+                              ("model_value_rounds", 1),
                               ("model_repair_snapshot_every", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -63,3 +63,27 @@ def repair_on_model(parts: ModelParts, model: DynamicsEnsemble, draw_starts: Cal
                        "model_repair_cost": float(cost.detach().mean()),
                        "model_repair_over_target": float((cost.detach() > target).float().mean()),
                        "model_repair_grad_norm": float(grad_norm)})
+
+
+@torch.no_grad()
+def simulated_values(model: DynamicsEnsemble, policy: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor,
+                     actions: torch.Tensor, horizon: int, gamma: float,
+                     chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discounted reward and cost returns of taking `actions` at `obs` and following `policy` for
+    `horizon` steps in total, simulated in the model: a Monte Carlo value of the policy itself (not
+    of the logged continuation) from labels that hold no poison. [rows] each."""
+    rewards, costs = [], []
+    for begin in range(0, obs.shape[0], chunk):
+        state, action = obs[begin:begin + chunk], actions[begin:begin + chunk]
+        reward = torch.zeros(state.shape[0], device=state.device)
+        cost = torch.zeros_like(reward)
+        discount = 1.0
+        for _ in range(horizon):
+            state, step_reward, step_cost = model.predict(state, action)
+            reward += discount * step_reward
+            cost += discount * step_cost
+            discount *= gamma
+            action = policy(state).float()
+        rewards.append(reward)
+        costs.append(cost)
+    return torch.cat(rewards), torch.cat(costs)

@@ -29,7 +29,7 @@ from saferule_core.unlearning.dynamics import (
 )
 from saferule_core.unlearning.hinge import soft_hinge
 from saferule_core.unlearning.methods import MethodOutcome
-from saferule_core.unlearning.model_repair import ModelRepairSettings, repair_on_model
+from saferule_core.unlearning.model_repair import ModelRepairSettings, repair_on_model, simulated_values
 from saferule_core.unlearning.parts import (
     ModelParts,
     clone_learner,
@@ -291,7 +291,10 @@ def run_safe_rule(session: Session) -> MethodOutcome:
         cfg.model_repair_steps > 0 and parts.has_critics) else None
     if cfg.model_repair_steps > 0 and parts.has_critics:
         assert simulator is not None
-        _repair_on_model(session, parts, simulator, snapshots if selecting else None)
+        for _ in range(cfg.model_value_rounds):
+            if cfg.model_value_rows > 0:
+                _refit_critics_on_model(session, parts, simulator, generator)
+            _repair_on_model(session, parts, simulator, snapshots if selecting else None)
     if not snapshots:
         return MethodOutcome()
     session.report_progress("select", 1.0)
@@ -356,6 +359,31 @@ class _RetainedSimulator:
     def score(self, policy: ModelParts) -> tuple[float, float]:
         """The policy's mean simulated (reward, cost) return."""
         return rollout_returns(self.model, policy.policy_actions, self.starts)
+
+
+def _refit_critics_on_model(session: Session, parts: ModelParts, simulator: _RetainedSimulator,
+                            generator: torch.Generator) -> None:
+    """Every critic member regressed on the current policy's discounted returns simulated in the
+    retained data's dynamics model from `model_value_rows` retained (state, action) rows: the critics
+    then value the policy the actor has become, with labels that hold no poison, and the choice among
+    the behaviour model's proposals follows them."""
+    cfg, learner = session.config.safe_rule, session.learner
+    assert parts.gamma is not None and parts.reward_members is not None and parts.cost_members is not None
+    rows = _retained_rows(session)
+    picks = torch.randperm(rows.size, generator=generator, device=rows.observations.device)[:cfg.model_value_rows]
+    obs, actions = rows.observations.index_select(0, picks), rows.actions.index_select(0, picks)
+    learner.train_mode(False)
+    reward, cost = simulated_values(simulator.model, parts.policy_actions, obs, actions, cfg.model_value_horizon,
+                                    parts.gamma)
+    learner.train_mode(True)
+    error = parts.fit_critic_members(obs, actions, [(parts.reward_members, parts.reward_scale * reward),
+                                                    (parts.cost_members, parts.cost_scale * cost)],
+                                     cfg.model_value_fit_steps, session.config.batch_size, generator)
+    session.updates += cfg.model_value_fit_steps
+    session.history.append({"update": float(session.updates), "model_value_mse": error,
+                            "model_value_reward": float(reward.mean()), "model_value_cost": float(cost.mean())})
+    session.report_progress("model-value-refit", 1.0)
+    session.check_stop("model-value-refit")
 
 
 def _repair_on_model(session: Session, parts: ModelParts, simulator: _RetainedSimulator,

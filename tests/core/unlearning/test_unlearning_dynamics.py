@@ -14,7 +14,7 @@ from saferule_core.unlearning.dynamics import (
     rollout_starts,
     simulate_episodes,
 )
-from saferule_core.unlearning.model_repair import ModelRepairSettings, repair_on_model
+from saferule_core.unlearning.model_repair import ModelRepairSettings, repair_on_model, simulated_values
 from saferule_core.unlearning.parts import model_parts
 
 EPISODES, LENGTH = 40, 25
@@ -110,3 +110,19 @@ def test_model_repair_drives_the_actor_up_to_the_cost_target_and_no_further() ->
     assert len(history) == 150 and all(np.isfinite(h["model_repair_reward"]) for h in history)
     assert after[0] > before[0] + 2.0                 # it drives...
     assert after[1] < 4.0 and after[0] < 14.0         # ...within reach of the best safe throttle, not racing (22.5, 25)
+
+
+def test_simulated_values_are_the_policys_own_discounted_returns() -> None:
+    """Throttle a now, then the policy's constant 0.3: reward a + sum_t gamma^t 0.3; the first step costs 1
+    only for a > 0.5."""
+    data = _driving_dataset()
+    stats = NormalizationStats.from_dataset(data)
+    model = fit_dynamics(data, stats, DynamicsSettings(updates=1500), seed=0)
+    obs = torch.from_numpy(stats.normalize_observations(data.observations[:6])).float()
+    first = torch.tensor([[-0.6], [0.0], [0.9], [-0.6], [0.0], [0.9]])
+    reward, cost = simulated_values(model, lambda o: torch.full((o.shape[0], 1), 0.3), obs, first, horizon=10,
+                                    gamma=0.9)
+    tail = 0.3 * sum(0.9 ** t for t in range(1, 10))
+    torch.testing.assert_close(reward, first[:, 0] + tail, atol=0.25, rtol=0.0)
+    # the costly first step adds about 1 (the regression smooths the step cost near 0.5, so the tail is not 0)
+    assert float(cost[[2, 5]].min()) > float(cost[[0, 1, 3, 4]].max()) + 0.8

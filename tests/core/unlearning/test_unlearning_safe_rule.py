@@ -483,3 +483,21 @@ def test_model_repair_snapshots_join_the_checkpoint_choice_and_count_as_updates(
                          ({"model_repair_cost_target": 0.0}, "model_repair_cost_target must be")):
         with pytest.raises(UnlearningError, match=message):
             SafeRuleConfig(**bad).validate()  # type: ignore[arg-type]
+
+
+def test_model_value_refit_fits_the_critics_on_simulated_returns_before_each_model_repair() -> None:
+    from tests.core.unlearning.conftest import train_tiny
+
+    data = _costly_dataset()
+    learner = train_tiny("bcq_lag_constrained", data, steps=50)
+    seed_everything(0)
+    config = small_config(steps=20, safe_rule={"select_every": 0, "model_repair_steps": 2, "model_repair_episodes": 4,
+                                               "model_repair_horizon": 5, "model_value_rows": 64,
+                                               "model_value_horizon": 5, "model_value_fit_steps": 3,
+                                               "model_value_rounds": 2})
+    _, report = unlearn(learner, data, forget_mask_of(data), "safe_rule", config)
+    refits = [h for h in report.history if "model_value_mse" in h]
+    assert len(refits) == 2 and all(np.isfinite(h["model_value_mse"]) and h["model_value_cost"] >= 0 for h in refits)
+    assert report.updates == 20 + 2 * (3 + 2)
+    with pytest.raises(UnlearningError, match="model_value_horizon must be an integer >= 1"):
+        SafeRuleConfig(model_value_horizon=0).validate()
