@@ -287,14 +287,16 @@ def run_safe_rule(session: Session) -> MethodOutcome:
             session.step_done("repair", step / total, learner.update(retained.sample()))
             maybe_snapshot(step)
     session.flush("repair", 1.0)
-    simulator = _RetainedSimulator(session) if cfg.select_by in ("model", "model_cost") or (
-        cfg.model_repair_steps > 0 and parts.has_critics) else None
-    if cfg.model_repair_steps > 0 and parts.has_critics:
+    repairing_on_model = cfg.model_repair_steps > 0 and parts.has_critics
+    simulator = _RetainedSimulator(session) if repairing_on_model or (
+        selecting and cfg.select_by in ("model", "model_cost")) else None
+    if repairing_on_model:
         assert simulator is not None
-        for _ in range(cfg.model_value_rounds):
+        for repair_round in range(cfg.model_value_rounds):
             if cfg.model_value_rows > 0:
                 _refit_critics_on_model(session, parts, simulator, generator)
-            _repair_on_model(session, parts, simulator, snapshots if selecting else None)
+            _repair_on_model(session, parts, simulator, snapshots if selecting else None,
+                             first_label=total + repair_round * cfg.model_repair_steps)
     if not snapshots:
         return MethodOutcome()
     session.report_progress("select", 1.0)
@@ -387,11 +389,12 @@ def _refit_critics_on_model(session: Session, parts: ModelParts, simulator: _Ret
 
 
 def _repair_on_model(session: Session, parts: ModelParts, simulator: _RetainedSimulator,
-                     snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]] | None) -> None:
+                     snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]] | None, first_label: int) -> None:
     """The actor improved on simulated episodes (unlearning/model_repair.py); a snapshot every
-    `model_repair_snapshot_every` of its steps joins the checkpoint choice."""
+    `model_repair_snapshot_every` of its steps joins the checkpoint choice, labelled `first_label` +
+    its step (the labels go on from the budget's last update, round after round)."""
     cfg, learner = session.config.safe_rule, session.learner
-    total, retained, stats = session.config.steps, session.split.retained, learner.info.stats
+    retained, stats = session.split.retained, learner.info.stats
     episode_len = simulator.starts.steps
     horizon = cfg.model_repair_horizon if 0 < cfg.model_repair_horizon < episode_len else episode_len
     settings = ModelRepairSettings(steps=cfg.model_repair_steps, learning_rate=cfg.model_repair_learning_rate,
@@ -412,7 +415,7 @@ def _repair_on_model(session: Session, parts: ModelParts, simulator: _RetainedSi
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         if snapshots is not None and (step % cfg.model_repair_snapshot_every == 0 or step == settings.steps):
-            snapshots.append((total + step, network_state(learner)))
+            snapshots.append((first_label + step, network_state(learner)))
         session.step_done("model-repair", 1.0, {k: torch.tensor(v) for k, v in metrics.items()})
 
     repair_on_model(parts, simulator.model, draw_starts, settings, on_step)
