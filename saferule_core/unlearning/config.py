@@ -161,9 +161,8 @@ class SafeRuleConfig:
                         model_repair_cost_target=self.model_repair_cost_target)
         _check_non_negative("safe_rule", model_repair_cost_penalty=self.model_repair_cost_penalty)
         for name, minimum in (("model_repair_steps", 0), ("model_repair_episodes", 1), ("model_repair_horizon", 0),
-                              ("model_value_rows", 0), ("model_value_horizon", 1), ("model_value_fit_steps", 1),
-                              ("model_value_rounds", 1),
-                              ("model_repair_snapshot_every", 1)):
+                              ("model_repair_snapshot_every", 1), ("model_value_rows", 0), ("model_value_horizon", 1),
+                              ("model_value_fit_steps", 1), ("model_value_rounds", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise UnlearningError(f"safe_rule.{name} must be an integer >= {minimum}, got {value!r}")

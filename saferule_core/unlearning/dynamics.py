@@ -78,11 +78,6 @@ class DynamicsEnsemble(nn.Module):
         cost = outputs[:, :, self.obs_dim + 1].max(dim=0).values if pessimistic_cost else mean[:, self.obs_dim + 1]
         return next_obs, mean[:, self.obs_dim], cost.clamp(min=0.0)
 
-    @torch.no_grad()
-    def step(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The members' mean prediction: (next observations, rewards, costs), costs clipped at 0."""
-        return self.predict(obs, actions)
-
 
 def fit_dynamics(data: OfflineDataset, stats: NormalizationStats, settings: DynamicsSettings,
                  seed: int, device: torch.device | str = "cpu") -> DynamicsEnsemble:
