@@ -238,6 +238,9 @@ def run_safe_rule(session: Session) -> MethodOutcome:
     repair_steps = int(round(cfg.repair_fraction * total))
     refit_steps = int(round(cfg.critic_refit_fraction * total))
     suppress_steps = total - repair_steps
+    repairing_on_model = cfg.model_repair_steps > 0 and parts.has_critics
+    # progress runs over the budget's updates and then the model repair's steps
+    work = total + (cfg.model_value_rounds * cfg.model_repair_steps if repairing_on_model else 0)
     terms = ForgetTerms(parts, cfg, behaviour_threshold(parts, retained.sample(), cfg.behaviour_quantile))
     terms.start(forget.rows(torch.arange(forget.num_transitions)))
     generator = torch.Generator(device=learner.device)
@@ -274,29 +277,29 @@ def run_safe_rule(session: Session) -> MethodOutcome:
         # before the actor moves on them; the forget terms wait for the actor.
         with held_still(parts.actor_optimizer):
             for step in range(1, refit_steps + 1):
-                session.step_done("refit", step / total, learner.update(retained.sample()))
+                session.step_done("refit", step / work, learner.update(retained.sample()))
         with terms.attached():
             for step in range(refit_steps + 1, suppress_steps + 1):
                 terms.draw(session.config.forget_batch_size, generator)
                 terms.last = {}
                 metrics = learner.update(retained.sample())
-                session.step_done("suppress", step / total, {**metrics, **terms.last})
+                session.step_done("suppress", step / work, {**metrics, **terms.last})
                 maybe_snapshot(step)
         terms.batch = None
         for step in range(suppress_steps + 1, total + 1):
-            session.step_done("repair", step / total, learner.update(retained.sample()))
+            session.step_done("repair", step / work, learner.update(retained.sample()))
             maybe_snapshot(step)
-    session.flush("repair", 1.0)
-    repairing_on_model = cfg.model_repair_steps > 0 and parts.has_critics
+    session.flush("repair", total / work)
     simulator = _RetainedSimulator(session) if repairing_on_model or (
         selecting and cfg.select_by in ("model", "model_cost")) else None
     if repairing_on_model:
         assert simulator is not None
         for repair_round in range(cfg.model_value_rounds):
             if cfg.model_value_rows > 0:
-                _refit_critics_on_model(session, parts, simulator, generator)
+                _refit_critics_on_model(session, parts, simulator, generator,
+                                        (total + repair_round * cfg.model_repair_steps) / work)
             _repair_on_model(session, parts, simulator, snapshots if selecting else None,
-                             first_label=total + repair_round * cfg.model_repair_steps)
+                             first_label=total + repair_round * cfg.model_repair_steps, work=work)
     if not snapshots:
         return MethodOutcome()
     session.report_progress("select", 1.0)
@@ -364,7 +367,7 @@ class _RetainedSimulator:
 
 
 def _refit_critics_on_model(session: Session, parts: ModelParts, simulator: _RetainedSimulator,
-                            generator: torch.Generator) -> None:
+                            generator: torch.Generator, progress: float) -> None:
     """Every critic member regressed on the current policy's discounted returns simulated in the
     retained data's dynamics model from `model_value_rows` retained (state, action) rows: the critics
     then value the policy the actor has become, with labels that hold no poison, and the choice among
@@ -384,15 +387,17 @@ def _refit_critics_on_model(session: Session, parts: ModelParts, simulator: _Ret
     session.updates += cfg.model_value_fit_steps
     session.history.append({"update": float(session.updates), "model_value_mse": error,
                             "model_value_reward": float(reward.mean()), "model_value_cost": float(cost.mean())})
-    session.report_progress("model-value-refit", 1.0)
+    session.report_progress("model-value-refit", progress)
     session.check_stop("model-value-refit")
 
 
 def _repair_on_model(session: Session, parts: ModelParts, simulator: _RetainedSimulator,
-                     snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]] | None, first_label: int) -> None:
+                     snapshots: list[tuple[int, dict[str, dict[str, torch.Tensor]]]] | None, first_label: int,
+                     work: int) -> None:
     """The actor improved on simulated episodes (unlearning/model_repair.py); a snapshot every
     `model_repair_snapshot_every` of its steps joins the checkpoint choice, labelled `first_label` +
-    its step (the labels go on from the budget's last update, round after round)."""
+    its step (the labels go on from the budget's last update, round after round); progress is that
+    label over `work`, the budget's updates and every model-repair step."""
     cfg, learner = session.config.safe_rule, session.learner
     retained, stats = session.split.retained, learner.info.stats
     episode_len = simulator.starts.steps
@@ -416,10 +421,10 @@ def _repair_on_model(session: Session, parts: ModelParts, simulator: _RetainedSi
     def on_step(step: int, metrics: dict[str, float]) -> None:
         if snapshots is not None and (step % cfg.model_repair_snapshot_every == 0 or step == settings.steps):
             snapshots.append((first_label + step, network_state(learner)))
-        session.step_done("model-repair", 1.0, {k: torch.tensor(v) for k, v in metrics.items()})
+        session.step_done("model-repair", (first_label + step) / work, {k: torch.tensor(v) for k, v in metrics.items()})
 
     repair_on_model(parts, simulator.model, draw_starts, settings, on_step)
-    session.flush("model-repair", 1.0)
+    session.flush("model-repair", (first_label + settings.steps) / work)
 
 
 def _choose_checkpoint(session: Session, parts: ModelParts,

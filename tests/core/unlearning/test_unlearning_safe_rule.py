@@ -501,3 +501,20 @@ def test_model_value_refit_fits_the_critics_on_simulated_returns_before_each_mod
     assert report.updates == 20 + 2 * (3 + 2)
     with pytest.raises(UnlearningError, match="model_value_horizon must be an integer >= 1"):
         SafeRuleConfig(model_value_horizon=0).validate()
+
+
+def test_progress_runs_over_the_budget_and_the_model_repair_and_never_goes_back() -> None:
+    from tests.core.unlearning.conftest import train_tiny
+
+    data = _costly_dataset()
+    learner = train_tiny("bcq_lag_constrained", data, steps=50)
+    seen: list[tuple[str, float]] = []
+    config = small_config(steps=20, log_every=1, safe_rule={"select_every": 5, "model_repair_steps": 20,
+                                                            "model_repair_episodes": 4, "model_repair_horizon": 5})
+    unlearn(learner, data, forget_mask_of(data), "safe_rule", config,
+            progress=lambda stage, fraction, metrics: seen.append((stage, fraction)))
+    fractions = [fraction for _, fraction in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    budget_end = max(fraction for stage, fraction in seen if stage == "repair")
+    assert budget_end == pytest.approx(0.5)          # 20 budget updates of 40 steps in all
+    assert {stage for stage, _ in seen} >= {"suppress", "repair", "model-repair", "select"}
