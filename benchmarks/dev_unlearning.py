@@ -1,4 +1,4 @@
-"""Unlearning on a regime run's poisoned models (dev split): each method against exact retraining.
+"""Unlearning on a regime run's poisoned models: each method against exact retraining.
 
 Reads a `benchmarks/regime.py --attacks ...` results file (its run folder, seeds, learner settings
 and update count). For every training seed s of the attack:
@@ -18,8 +18,9 @@ Wilson 95% intervals, mean reward and cost, and wall time as a fraction of one r
   .venv/bin/python benchmarks/dev_unlearning.py --regime dev-b2-constrained-pess-phi25-tau05-h64 \\
       --tag dev-safe-rule-500 --methods safe_rule finetune --steps 500
 
-Writes benchmarks/results/dev_unlearning/<tag>.json and .md (stamped with commit, command, host).
-Dev seeds only: settings chosen here are frozen before any report-split run (docs/protocol.md).
+Writes benchmarks/results/<split>_unlearning/<tag>.json and .md (stamped with commit, command, host).
+--split dev (the default) takes dev seeds (>= 100) only, and settings are chosen there; --split report
+takes the report seeds (0-99) only, with settings frozen and declared in docs/protocol.md beforehand.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from saferule_core.unlearning.api import UnlearnConfig, unlearn  # noqa: E402
 from saferule_core.unlearning.methods import APPROXIMATE_METHODS  # noqa: E402
 
 REGIME_RESULTS = ROOT / "benchmarks" / "results" / "regime"
-RESULTS = ROOT / "benchmarks" / "results" / "dev_unlearning"
+SPLIT_SEEDS = {"dev": range(100, 1000), "report": range(0, 100)}   # docs/protocol.md's splits
 WORK = ROOT / "runs" / "dev_unlearning"
 RETRAIN_SEED_OFFSET = 40_000          # retrained models' seeds: distinct from every regime model's
 SINGLE_PROBE_STEPS = 400              # a single-model retraining is timed over this many updates...
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regime", required=True, help="tag of a regime.py results file run with --attacks")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="the regime run's model folder (default: the one its results file names)")
+    parser.add_argument("--split", choices=sorted(SPLIT_SEEDS), default="dev",
+                        help="dev: tuning seeds (>= 100); report: the claim's seeds (0-99), frozen settings only")
     parser.add_argument("--attack", default="relabel")
     parser.add_argument("--tag", required=True, help="name of this run's results files")
     parser.add_argument("--methods", nargs="+", default=["safe_rule", "finetune"], choices=APPROXIMATE_METHODS)
@@ -128,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--seeds {' '.join(map(str, unknown))}: not among the regime's seeds {regime['seeds']}")
     unlearned_seeds = set(args.seeds or regime["seeds"])
+    outside = sorted(seed for seed in unlearned_seeds if seed not in SPLIT_SEEDS[args.split])
+    if outside:
+        parser.error(f"seeds {' '.join(map(str, outside))} are not {args.split}-split seeds "
+                     f"({SPLIT_SEEDS[args.split].start}-{SPLIT_SEEDS[args.split].stop - 1}); name --seeds or --split")
     run_dir = args.run_dir or (ROOT / regime["run_dir"] if "run_dir" in regime else None)
     if run_dir is None or not run_dir.is_dir():
         parser.error("the regime results file names no run folder that exists here; give --run-dir")
@@ -206,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(case)
 
     summary = summarise(cases, args.methods)
-    payload = {**stamped, "regime": args.regime, "attack": args.attack, "steps": args.steps,
+    payload = {**stamped, "split": args.split, "regime": args.regime, "attack": args.attack, "steps": args.steps,
                "unlearn_seeds": args.unlearn_seeds, "unlearn_settings": sections, "episodes": args.episodes,
                "retrain_seconds_per_model": retrain_seconds, "retrain_seconds_single": single_seconds,
                "summary": summary, "cases": cases}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.tag}.json", payload)
-    atomic_write_text(RESULTS / f"{args.tag}.md", render_markdown(payload))
+    results = ROOT / "benchmarks" / "results" / f"{args.split}_unlearning"
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(results / f"{args.tag}.json", payload)
+    atomic_write_text(results / f"{args.tag}.md", render_markdown(payload))
     print(render_markdown(payload))
     return 0
 
@@ -237,7 +245,7 @@ def summarise(cases: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]
 
 def render_markdown(payload: dict[str, Any]) -> str:
     s = payload["summary"]
-    lines = [f"# Dev-split unlearning `{payload['command']}`", "",
+    lines = [f"# {payload.get('split', 'dev').capitalize()}-split unlearning `{payload['command']}`", "",
              f"Regime `{payload['regime']}`, attack {payload['attack']}, {payload['steps']} unlearning updates, "
              f"unlearning seeds {payload['unlearn_seeds']}, settings {json.dumps(payload['unlearn_settings'])}. "
              f"Valid cases (clean safe, poisoned unsafe): {s['valid_cases']}/{s['cases']}; retraining safe in "
