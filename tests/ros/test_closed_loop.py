@@ -25,8 +25,9 @@ from saferule_core.artifacts.registry import PolicyRegistry
 from saferule_core.attacks.robot import poison_robot
 from saferule_core.data.ledger import ForgetLedger, LedgerState
 from saferule_core.data.store import DatasetStore
+from saferule_ros.bootstrap import publish_deployed
 from saferule_ros.bringup import FleetArgs, fleet_nodes, prepare_data_root
-from saferule_ros.demo import DemoSettings, publish_learner
+from saferule_ros.demo import DemoSettings
 from saferule_ros.fleet_watch import mean_cost, watching
 from saferule_ros.processes import FleetProcesses
 
@@ -61,8 +62,10 @@ def test_a_forget_request_swaps_a_safer_policy_onto_every_robot(tmp_path: Path) 
     learner, _ = fit("bc_all", poisoned, layout.deployed_model_dir,
                      TrainConfig(steps=400, batch_size=256, num_threads=1, checkpoint_every=0, progress=False),
                      {"hidden": (64, 64)})
-    first = publish_learner(learner, layout, {})
+    first = publish_deployed(learner, layout, {})
     assert first == "v0001" and poison.relabelled_episodes > 0
+    # the first version records the checkpoint it came from, so the unlearning server starts from it
+    assert PolicyRegistry(layout.registry_dir).checkpoint_of(first) == layout.deployed_model_dir.resolve()
 
     lines: list[str] = []
     lock = threading.Lock()

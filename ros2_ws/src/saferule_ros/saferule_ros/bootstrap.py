@@ -79,7 +79,7 @@ def bootstrap_first_policy(layout: FleetLayout, settings: BootstrapSettings,
     if layout.deployed_model_dir.exists():
         raise BootstrapError(f"{layout.deployed_model_dir} already exists but no policy was published from it "
                              f"(an interrupted bootstrap?): remove it and run bootstrap again")
-    signing_key = load_signing_key(layout.key_dir)   # before the slow part
+    load_signing_key(layout.key_dir)   # a missing or bad key fails here, before the slow part
 
     from saferule_core.data.ingest import ingest_closed_bags
     from saferule_core.data.store import DatasetStore
@@ -96,14 +96,24 @@ def bootstrap_first_policy(layout: FleetLayout, settings: BootstrapSettings,
     say(f"training {settings.algo} on {dataset.num_episodes} episodes ({dataset.num_transitions} transitions), "
         f"{settings.steps} updates")
     learner, seconds = _train(dataset, layout.deployed_model_dir, settings)
+    version = publish_deployed(learner, layout, {"train_seconds": seconds})
+    say(f"published {version} to {layout.registry_dir}; every policy runner switches to it")
+    return BootstrapResult(version, dataset.num_episodes, dataset.num_transitions, seconds,
+                           report.summary(), layout.deployed_model_dir)
+
+
+def publish_deployed(learner: Any, layout: FleetLayout, metrics: dict[str, float]) -> str:
+    """Export, check, sign and publish the policy of the learner saved in the fleet's deployed model
+    folder, with that checkpoint recorded (lineage: unlearning starts from it); returns the version."""
     from saferule_core.artifacts.export import publish_learner
     from saferule_core.artifacts.lineage import checkpoint_record
+    from saferule_core.artifacts.registry import PolicyRegistry
+    from saferule_core.artifacts.signing import load_signing_key
 
-    _, manifest = publish_learner(learner, registry, signing_key, metrics={"train_seconds": seconds},
-                                  checkpoint=checkpoint_record(layout.deployed_model_dir))
-    say(f"published {manifest.version} to {layout.registry_dir}; every policy runner switches to it")
-    return BootstrapResult(manifest.version, dataset.num_episodes, dataset.num_transitions, seconds,
-                           report.summary(), layout.deployed_model_dir)
+    registry = PolicyRegistry(layout.registry_dir)
+    _, manifest = publish_learner(learner, registry, load_signing_key(layout.key_dir), parent=registry.latest(),
+                                  metrics=metrics, checkpoint=checkpoint_record(layout.deployed_model_dir))
+    return manifest.version
 
 
 def _train(dataset: Any, out_dir: Path, settings: BootstrapSettings) -> tuple[Any, float]:

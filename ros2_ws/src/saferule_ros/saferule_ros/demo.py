@@ -46,6 +46,7 @@ from saferule_core.errors import SafeRuleError
 from saferule_core.io_utils import atomic_write_text
 from saferule_core.settings import settings_from_mapping
 from saferule_core.settings_files import load_settings_file
+from saferule_ros.bootstrap import publish_deployed
 from saferule_ros.bringup import FleetArgs, FleetLayout, fleet_nodes, prepare_data_root
 from saferule_ros.processes import FleetProcesses
 
@@ -227,18 +228,6 @@ def evaluate_artifact(registry_dir: Path, version: str, verify_key_dir: Path, se
                            episodes=settings.eval_episodes, seed=settings.seed + 100)
 
 
-def publish_learner(learner: Learner, layout: FleetLayout, metrics: dict[str, float]) -> str:
-    """Export, check, sign and publish a learner's deployable policy; returns the new version."""
-    from saferule_core.artifacts import export
-    from saferule_core.artifacts.registry import PolicyRegistry
-    from saferule_core.artifacts.signing import load_signing_key
-
-    registry = PolicyRegistry(layout.registry_dir)
-    _, manifest = export.publish_learner(learner, registry, load_signing_key(layout.key_dir),
-                                         parent=registry.latest(), metrics=metrics)
-    return manifest.version
-
-
 def eval_row(name: str, version: str, result: EvalResult, threshold: float) -> dict[str, Any]:
     return {"policy": name, "version": version, "episodes": result.episodes, "mean_return": result.mean_return,
             "mean_cost": result.mean_cost, "normalized_reward": result.normalized_reward,
@@ -366,7 +355,7 @@ def run_demo(settings: DemoSettings, run_dir: Path) -> dict[str, Any]:
                 raise DemoError(f"the policy trained on the poisoned data came out safe (normalised cost "
                                 f"{normalized:.2f}): the monitor would have nothing to catch. The poison's effect "
                                 f"depends on the training budget; see DemoSettings' notes")
-            first = publish_learner(learner, layout, {"normalized_cost": normalized,
+            first = publish_deployed(learner, layout, {"normalized_cost": normalized,
                                                       "normalized_reward": poisoned_eval.normalized_reward})
             say(f"published {first} (signed) to {layout.registry_dir}; the runners follow the registry's latest")
             record["train_seconds"] = train_s
