@@ -318,7 +318,9 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = [k for k in ("q_cost", "lagrange_multiplier", "q_reward") if k in payload["models"][0]["log"]]
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(5 * (len(keys) + 1), 4))
+    # squeeze=False: a learner without critics (BC) logs none of the keys, and one panel is still a row
+    fig, grid = plt.subplots(1, len(keys) + 1, figsize=(5 * (len(keys) + 1), 4), squeeze=False)
+    axes = list(grid[0])
     for ax, key in zip(axes, keys):
         for m in payload["models"]:
             ax.plot(m["log"]["step"], m["log"][key], color=COLORS.get(m["kind"], "gray"), alpha=0.7, lw=1)
