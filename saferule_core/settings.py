@@ -19,7 +19,7 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from saferule_core.errors import ConfigError, SafeRuleError
@@ -112,3 +112,26 @@ def settings_from_mapping(cls: type[ConfigT], values: Mapping[str, Any], what: s
     if callable(validate):
         validate()
     return config
+
+
+COMPUTE_SECTION = "compute"
+
+
+def lift_section(values: Mapping[str, Any], section: str, allowed: Sequence[str], what: str,
+                 error: type[SafeRuleError] = ConfigError) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(`values` without `section`, the settings of the mapping under `section`), where `section`
+    groups settings that live elsewhere (`compute:` holds precision, threads, compile...): only
+    `allowed` keys may appear in it, and a key set both in it and at the top level is refused."""
+    rest = dict(values)
+    grouped = rest.pop(section, None)
+    if grouped is None:
+        return rest, {}
+    if not isinstance(grouped, Mapping):
+        raise error(f"{what}: `{section}` must be a mapping of {', '.join(allowed)}, got {type(grouped).__name__}")
+    unknown = sorted(str(key) for key in set(grouped) - set(allowed))
+    if unknown:
+        raise error(f"{what}: unknown {section} settings {', '.join(unknown)} (known: {', '.join(allowed)})")
+    twice = sorted(str(key) for key in set(grouped) & set(rest))
+    if twice:
+        raise error(f"{what}: {', '.join(twice)} set both in `{section}` and at the top level; set it in one place")
+    return rest, dict(grouped)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from saferule_core.errors import ConfigError
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+# How the work runs rather than what is learnt: a settings file may group them under `compute:`.
+LEARNER_COMPUTE_KEYS: tuple[str, ...] = ("precision", "compile", "optimizer", "device")   # LearnerConfig fields
+LOOP_COMPUTE_KEYS: tuple[str, ...] = ("num_threads", "tune_allocator")                   # LoopConfig fields
 OPTIMIZER_IMPLS: tuple[str, ...] = ("fused", "foreach", "for_loop")
 
 

@@ -8,10 +8,16 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from saferule_core.algos.configs import PRECISIONS, LearnerConfig, TrainConfig
+from saferule_core.algos.configs import (
+    LEARNER_COMPUTE_KEYS,
+    LOOP_COMPUTE_KEYS,
+    PRECISIONS,
+    LearnerConfig,
+    TrainConfig,
+)
 from saferule_core.algos.registry import ALGORITHMS
 from saferule_core.errors import ConfigError
-from saferule_core.settings import coerce_setting
+from saferule_core.settings import COMPUTE_SECTION, coerce_setting, lift_section
 from saferule_core.settings_files import load_settings_file
 
 DESCRIPTION = """\
@@ -79,23 +85,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              f"(default {TrainConfig.checkpoint_every})")
     parser.add_argument("--log-every", type=int, default=None,
                         help=f"metrics averaging window (default {TrainConfig.log_every})")
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of setting overrides")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML file of learner settings, with optional `train:` (batch_size, log_every...) and "
+                             "`compute:` (precision, compile, optimizer, device, num_threads, tune_allocator) mappings")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def read_train_settings(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(algorithm settings, trainer settings) from a YAML file."""
+    """(algorithm settings, trainer settings) from a YAML file: learner settings at the top level, the
+    loop's in an optional `train:` mapping, and how it runs (precision, compile, optimizer, device,
+    num_threads, tune_allocator) in either place or grouped in an optional `compute:` mapping."""
     if path is None:
         return {}, {}
-    data = load_settings_file(path, "learner settings (and an optional `train:` mapping)")
+    data = load_settings_file(path, "learner settings (and optional `train:` and `compute:` mappings)")
+    data, compute = lift_section(data, COMPUTE_SECTION, LEARNER_COMPUTE_KEYS + LOOP_COMPUTE_KEYS, str(path))
     train = data.pop("train", {}) or {}
     if not isinstance(train, dict):
         raise ConfigError(f"{path}: `train` must be a mapping")
     unknown = sorted(set(train) - set(TRAIN_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown train settings {', '.join(unknown)} (known: {', '.join(TRAIN_KEYS)})")
+    twice = sorted(key for key in compute if key in train)
+    if twice:
+        raise ConfigError(f"{path}: {', '.join(twice)} set both in `compute` and in `train`; set it in one place")
+    data.update({key: value for key, value in compute.items() if key in LEARNER_COMPUTE_KEYS})
+    train.update({key: value for key, value in compute.items() if key in LOOP_COMPUTE_KEYS})
     return data, train
 
 

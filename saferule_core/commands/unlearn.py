@@ -35,7 +35,7 @@ Methods:
 {methods}
 
 --config takes a YAML mapping of unlearning settings (e.g. `steps: 2000`, `safe_rule:
-{{repair_fraction: 0.5}}`); see saferule_core/unlearning/config.py.
+{{repair_fraction: 0.5}}`, `compute: {{num_threads: 1}}`); see saferule_core/unlearning/config.py.
 """
 
 EPILOG = """\

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from saferule_core.errors import UnlearningError
-from saferule_core.settings import settings_from_mapping
+from saferule_core.settings import COMPUTE_SECTION, lift_section, settings_from_mapping
 
 
 def _check_positive(owner: str, **values: float) -> None:
@@ -262,4 +262,5 @@ class UnlearnConfig:
     def from_dict(cls, values: dict[str, Any]) -> UnlearnConfig:
         """A config from a plain mapping (sections as nested mappings); unknown keys are refused with
         the known ones named, values checked against their types (saferule_core.settings)."""
-        return settings_from_mapping(cls, values, "unlearning", UnlearningError)
+        flat, compute = lift_section(values, COMPUTE_SECTION, ("num_threads",), "unlearning settings", UnlearningError)
+        return settings_from_mapping(cls, {**flat, **compute}, "unlearning", UnlearningError)

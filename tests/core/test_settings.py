@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -91,3 +92,33 @@ def test_learner_and_unlearning_configs_use_it() -> None:
         UnlearnConfig.from_dict({"safe_rule": {"select_every": "25"}})
     with pytest.raises(UnlearningError, match="unknown unlearning settings: stepz"):
         UnlearnConfig.from_dict({"stepz": 3})
+
+
+def test_a_compute_section_groups_how_the_work_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from saferule_core.commands.train import read_train_settings
+
+    path = tmp_path / "learner.yaml"
+    path.write_text("phi: 0.2\ncompute: {precision: bf16, num_threads: 1, tune_allocator: false}\n"
+                    "train: {batch_size: 64}\n")
+    learner, train = read_train_settings(path)
+    assert learner == {"phi": 0.2, "precision": "bf16"}
+    assert train == {"batch_size": 64, "num_threads": 1, "tune_allocator": False}
+    assert UnlearnConfig.from_dict({"steps": 5, "compute": {"num_threads": 1}}) == UnlearnConfig(steps=5, num_threads=1)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("compute: {precision: bf16}\nprecision: fp32\n", "precision set both in `compute` and at the top level"),
+    ("compute: {num_threads: 1}\ntrain: {num_threads: 2}\n", "num_threads set both in `compute` and in `train`"),
+    ("compute: {phi: 0.2}\n", "unknown compute settings phi (known: precision, compile"),
+    ("compute: 4\n", "`compute` must be a mapping"),
+])
+def test_a_compute_section_refuses_unknown_keys_and_a_setting_given_twice(tmp_path, text: str,  # type: ignore[no-untyped-def]
+                                                                          message: str) -> None:
+    from saferule_core.commands.train import read_train_settings
+
+    path = tmp_path / "learner.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_train_settings(path)
+    with pytest.raises(UnlearningError, match="unknown compute settings steps"):
+        UnlearnConfig.from_dict({"compute": {"steps": 5}})

@@ -454,7 +454,8 @@ def _add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-episodes", type=int, default=DEFAULT_MIN_EPISODES,
                         help="refuse to train on fewer finished episodes (default: %(default)s)")
     parser.add_argument("--config", type=Path, default=None,
-                        help="YAML of learner settings plus an optional train: mapping (as saferule train --config)")
+                        help="YAML of learner settings plus optional train: and compute: mappings "
+                             "(as saferule train --config)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
