@@ -89,12 +89,17 @@ def regime_dataset(regime: dict[str, Any]) -> OfflineDataset:
     return dataset_for(regime["task"], regime["data_seed"], regime.get("max_aggressiveness", 1.0))
 
 
-def random_forget(dataset: OfflineDataset, seed: int) -> OfflineDataset:
+def random_forget_mask(dataset: OfflineDataset, seed: int) -> np.ndarray:
+    """The random 10% of episodes that seed `seed`'s "retrain" model was trained without."""
     rng = np.random.default_rng([seed, 0xF0])
     count = max(1, int(round(FORGET_FRACTION * dataset.num_episodes)))
     forget = np.zeros(dataset.num_episodes, dtype=bool)
     forget[rng.choice(dataset.num_episodes, count, replace=False)] = True
-    return dataset.subset_episodes(~forget)
+    return forget
+
+
+def random_forget(dataset: OfflineDataset, seed: int) -> OfflineDataset:
+    return dataset.subset_episodes(~random_forget_mask(dataset, seed))
 
 
 def poison(dataset: OfflineDataset, attack: str, seed: int, settings: dict[str, Any] | None = None) -> PoisonResult:
