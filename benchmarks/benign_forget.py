@@ -34,17 +34,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from dev_unlearning import (  # noqa: E402
     JOINT_REWARD_FRACTION,
-    REGIME_RESULTS,
-    SPLIT_SEEDS,
+    add_unlearning_arguments,
+    check_split,
+    checked_settings,
     evaluate_normalised,
+    load_regime,
     single_retrain_seconds,
-    unlearn_settings,
 )
 from regime import random_forget_mask, regime_dataset  # noqa: E402
 from stamp import run_stamp  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_learner  # noqa: E402
-from saferule_core.errors import SafeRuleError  # noqa: E402
 from saferule_core.eval.stats import wilson_interval  # noqa: E402
 from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
@@ -56,35 +56,17 @@ MAX_REWARD_DROP = 0.05   # the protocol's benign-forget bound, as a fraction of 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regime", required=True, help="tag of a regime.py results file")
-    parser.add_argument("--split", choices=sorted(SPLIT_SEEDS), default="dev",
-                        help="dev: tuning seeds (>= 100); report: the claim's seeds (0-99), frozen settings only")
-    parser.add_argument("--tag", required=True, help="name of this run's results files")
+    add_unlearning_arguments(parser, steps=1000)
     parser.add_argument("--methods", nargs="+", default=["safe_rule"], choices=APPROXIMATE_METHODS)
-    parser.add_argument("--steps", type=int, default=1000, help="unlearning updates per method")
-    parser.add_argument("--unlearn-seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--unlearn-set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
-                        help="unlearning settings, e.g. safe_rule.cost_weight=5")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
-    regime_file = REGIME_RESULTS / f"{args.regime}.json"
-    if not regime_file.is_file():
-        parser.error(f"no regime results {regime_file}")
-    regime = json.loads(regime_file.read_text())
+    regime = load_regime(parser, args.regime)
     seeds: list[int] = regime["seeds"]
-    outside = [seed for seed in seeds if seed not in SPLIT_SEEDS[args.split]]
-    if outside:
-        parser.error(f"the regime's seeds {outside} are not {args.split}-split seeds")
+    check_split(parser, args.split, seeds)
     run_dir = ROOT / regime["run_dir"]
     if not run_dir.is_dir():
         parser.error(f"the regime's model folder {run_dir} does not exist here")
-    try:
-        sections = unlearn_settings(args.unlearn_set)
-        UnlearnConfig(steps=args.steps, **sections)
-    except (SafeRuleError, TypeError) as err:
-        parser.error(str(err))
+    sections = checked_settings(parser, args.unlearn_set, args.steps)
 
     stamped = run_stamp("benchmarks/benign_forget.py", argv)
     torch.set_num_threads(args.threads)

@@ -63,6 +63,46 @@ SINGLE_PROBE_WARMUP = 100             # ...after these (steady state), and scale
 JOINT_REWARD_FRACTION = 0.9
 
 
+def add_unlearning_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    """The options every unlearning benchmark on a regime run takes (dev_unlearning.py, benign_forget.py)."""
+    parser.add_argument("--regime", required=True, help="tag of a regime.py results file")
+    parser.add_argument("--split", choices=sorted(SPLIT_SEEDS), default="dev",
+                        help="dev: tuning seeds (>= 100); report: the claim's seeds (0-99), frozen settings only")
+    parser.add_argument("--tag", required=True, help="name of this run's results files")
+    parser.add_argument("--steps", type=int, default=steps, help="unlearning updates per method")
+    parser.add_argument("--unlearn-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--unlearn-set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                        help="unlearning settings, e.g. safe_rule.cost_weight=5 batch_size=512")
+
+
+def load_regime(parser: argparse.ArgumentParser, tag: str) -> dict[str, Any]:
+    """The regime.py results file `tag` (a parser error when there is none)."""
+    regime_file = REGIME_RESULTS / f"{tag}.json"
+    if not regime_file.is_file():
+        parser.error(f"no regime results {regime_file}")
+    regime: dict[str, Any] = json.loads(regime_file.read_text())
+    return regime
+
+
+def check_split(parser: argparse.ArgumentParser, split: str, seeds: Any) -> None:
+    outside = sorted(seed for seed in seeds if seed not in SPLIT_SEEDS[split])
+    if outside:
+        parser.error(f"seeds {' '.join(map(str, outside))} are not {split}-split seeds "
+                     f"({SPLIT_SEEDS[split].start}-{SPLIT_SEEDS[split].stop - 1})")
+
+
+def checked_settings(parser: argparse.ArgumentParser, pairs: list[str], steps: int) -> dict[str, Any]:
+    """--unlearn-set as UnlearnConfig sections, checked now (a parser error, before any work)."""
+    try:
+        sections = unlearn_settings(pairs)
+        UnlearnConfig(steps=steps, **sections)
+    except (SafeRuleError, TypeError) as err:
+        parser.error(str(err))
+    return sections
+
+
 def evaluate_normalised(learner: Any, spec: TaskSpec, episodes: int, limit: float) -> dict[str, float]:
     """A learner's policy in the simulator (evaluation seed 1, the task's start-state perturbation):
     normalised reward and normalised cost at `limit`. The learner is left in training mode."""
@@ -104,45 +144,26 @@ def single_retrain_seconds(regime: dict[str, Any], retained: Any, threads: int) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regime", required=True, help="tag of a regime.py results file run with --attacks")
+    add_unlearning_arguments(parser, steps=500)
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="the regime run's model folder (default: the one its results file names)")
-    parser.add_argument("--split", choices=sorted(SPLIT_SEEDS), default="dev",
-                        help="dev: tuning seeds (>= 100); report: the claim's seeds (0-99), frozen settings only")
     parser.add_argument("--attack", default="relabel")
-    parser.add_argument("--tag", required=True, help="name of this run's results files")
     parser.add_argument("--methods", nargs="+", default=["safe_rule", "finetune"], choices=APPROXIMATE_METHODS)
-    parser.add_argument("--steps", type=int, default=500, help="unlearning updates per method")
-    parser.add_argument("--unlearn-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="unlearn only these training seeds of the regime (default: all of them); a tuning "
                              "round names the dev seeds only (exact retraining still covers every seed, cached)")
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--unlearn-set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
-                        help="unlearning settings, e.g. safe_rule.cost_weight=5 batch_size=512")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
-    regime_file = REGIME_RESULTS / f"{args.regime}.json"
-    if not regime_file.is_file():
-        parser.error(f"no regime results {regime_file}")
-    regime = json.loads(regime_file.read_text())
+    regime = load_regime(parser, args.regime)
     unknown = sorted(set(args.seeds or []) - set(regime["seeds"]))
     if unknown:
         parser.error(f"--seeds {' '.join(map(str, unknown))}: not among the regime's seeds {regime['seeds']}")
     unlearned_seeds = set(args.seeds or regime["seeds"])
-    outside = sorted(seed for seed in unlearned_seeds if seed not in SPLIT_SEEDS[args.split])
-    if outside:
-        parser.error(f"seeds {' '.join(map(str, outside))} are not {args.split}-split seeds "
-                     f"({SPLIT_SEEDS[args.split].start}-{SPLIT_SEEDS[args.split].stop - 1}); name --seeds or --split")
+    check_split(parser, args.split, unlearned_seeds)
     run_dir = args.run_dir or (ROOT / regime["run_dir"] if "run_dir" in regime else None)
     if run_dir is None or not run_dir.is_dir():
         parser.error("the regime results file names no run folder that exists here; give --run-dir")
-    try:
-        sections = unlearn_settings(args.unlearn_set)
-        UnlearnConfig(steps=args.steps, **sections)
-    except (SafeRuleError, TypeError) as err:
-        parser.error(str(err))
+    sections = checked_settings(parser, args.unlearn_set, args.steps)
 
     stamped = run_stamp("benchmarks/dev_unlearning.py", argv)
     torch.set_num_threads(args.threads)

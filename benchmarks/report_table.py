@@ -22,13 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from dev_unlearning import check_split, load_regime  # noqa: E402
 from stamp import run_stamp  # noqa: E402
 
 from saferule_core.eval.stats import wilson_interval  # noqa: E402
 from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "report_unlearning"
-REGIME_RESULTS = ROOT / "benchmarks" / "results" / "regime"
 README = ROOT / "README.md"
 START, END = "<!-- report-table:start -->", "<!-- report-table:end -->"
 JOINT_GOAL, WALL_GOAL = 0.8, 0.05     # issue 14's claim: joint success >= 80% at <= 5% of retraining's wall time
@@ -118,12 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-readme", action="store_true", help="write the summary files only")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
-    regime_file = REGIME_RESULTS / f"{args.regime}.json"
-    if not regime_file.is_file():
-        parser.error(f"no regime results {regime_file}")
-    regime = json.loads(regime_file.read_text())
-    if any(seed >= 100 for seed in regime["seeds"]):
-        parser.error(f"{args.regime} was trained on dev seeds {regime['seeds']}: not the report split")
+    regime = load_regime(parser, args.regime)
+    check_split(parser, "report", regime["seeds"])
     files, benign = [], []
     for path in sorted(RESULTS.glob("*.json")):
         if path.name == "summary.json":
