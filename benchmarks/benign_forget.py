@@ -42,11 +42,10 @@ from dev_unlearning import (  # noqa: E402
     single_retrain_seconds,
 )
 from regime import random_forget_mask, regime_dataset  # noqa: E402
-from stamp import run_stamp  # noqa: E402
+from stamp import run_stamp, write_results  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_learner  # noqa: E402
 from saferule_core.eval.stats import wilson_interval  # noqa: E402
-from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from saferule_core.tasks.spec import get_task  # noqa: E402
 from saferule_core.unlearning.api import UnlearnConfig, unlearn  # noqa: E402
 from saferule_core.unlearning.methods import APPROXIMATE_METHODS  # noqa: E402
@@ -118,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                "unlearn_seeds": args.unlearn_seeds, "unlearn_settings": sections, "episodes": args.episodes,
                "max_reward_drop": MAX_REWARD_DROP, "retrain_seconds_single": single_seconds,
                "summary": summary, "cases": cases}
-    results = ROOT / "benchmarks" / "results" / f"{args.split}_unlearning"
-    results.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(results / f"{args.tag}.json", payload)
-    atomic_write_text(results / f"{args.tag}.md", render_markdown(payload))
-    print(render_markdown(payload))
+    write_results(ROOT / "benchmarks" / "results" / f"{args.split}_unlearning", args.tag, payload, render_markdown)
     return 0
 
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from regime import parse_settings, poison, regime_dataset  # noqa: E402
-from stamp import run_stamp  # noqa: E402
+from stamp import run_stamp, write_results  # noqa: E402
 
 from saferule_core.algos.checkpoint import load_learner, policy_function  # noqa: E402
 from saferule_core.algos.stacked import StackTrainConfig, build_stack, train_stack  # noqa: E402
@@ -49,7 +49,7 @@ from saferule_core.algos.trainer import TrainConfig, fit  # noqa: E402
 from saferule_core.errors import SafeRuleError  # noqa: E402
 from saferule_core.eval.evaluate import evaluate_policy  # noqa: E402
 from saferule_core.eval.stats import wilson_interval  # noqa: E402
-from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
+from saferule_core.io_utils import atomic_write_json  # noqa: E402
 from saferule_core.tasks.spec import TaskSpec, get_task  # noqa: E402
 from saferule_core.unlearning.api import UnlearnConfig, unlearn  # noqa: E402
 from saferule_core.unlearning.methods import APPROXIMATE_METHODS  # noqa: E402
@@ -238,11 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                "unlearn_seeds": args.unlearn_seeds, "unlearn_settings": sections, "episodes": args.episodes,
                "retrain_seconds_per_model": retrain_seconds, "retrain_seconds_single": single_seconds,
                "summary": summary, "cases": cases}
-    results = ROOT / "benchmarks" / "results" / f"{args.split}_unlearning"
-    results.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(results / f"{args.tag}.json", payload)
-    atomic_write_text(results / f"{args.tag}.md", render_markdown(payload))
-    print(render_markdown(payload))
+    write_results(ROOT / "benchmarks" / "results" / f"{args.split}_unlearning", args.tag, payload, render_markdown)
     return 0
 
 
