@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from dev_unlearning import check_split, load_regime  # noqa: E402
 from stamp import run_stamp  # noqa: E402
 
-from saferule_core.eval.stats import wilson_interval  # noqa: E402
 from saferule_core.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "report_unlearning"
@@ -53,7 +52,7 @@ def method_rows(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for method in (k for k in payload["summary"] if isinstance(payload["summary"][k], dict)):
             s = payload["summary"][method]
             rows.append({"method": method, "steps": payload["steps"], "runs": s["runs"], "safe": s["safe"],
-                         "joint": s["joint"], "joint_interval": wilson_interval(s["joint"], s["runs"]),
+                         "joint": s["joint"], "joint_interval": s["joint_interval"],
                          "mean_reward": s["mean_reward"], "mean_cost": s["mean_cost"],
                          "wall_single": s["mean_wall_fraction_single"], "wall_stacked": s["mean_wall_fraction"],
                          "valid_cases": payload["summary"]["valid_cases"], "cases": payload["summary"]["cases"],

@@ -356,7 +356,7 @@ def run_demo(settings: DemoSettings, run_dir: Path) -> dict[str, Any]:
                                 f"{normalized:.2f}): the monitor would have nothing to catch. The poison's effect "
                                 f"depends on the training budget; see DemoSettings' notes")
             first = publish_deployed(learner, layout, {"normalized_cost": normalized,
-                                                      "normalized_reward": poisoned_eval.normalized_reward})
+                                                       "normalized_reward": poisoned_eval.normalized_reward})
             say(f"published {first} (signed) to {layout.registry_dir}; the runners follow the registry's latest")
             record["train_seconds"] = train_s
             record["first_version"] = first
