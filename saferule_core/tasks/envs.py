@@ -140,6 +140,21 @@ class SafeEnv(gymnasium.Env[NDArray[np.float32], NDArray[np.float32]]):
             obs, info = self._inner.reset(seed=episode_seed, options=options)
         return np.asarray(obs, dtype=np.float32), dict(info)
 
+    def reset_randomised(self, random_steps: int, rng: np.random.Generator) -> NDArray[Any]:
+        """Reset, then take `random_steps` uniform random actions drawn from `rng` that are not part
+        of the episode (a randomised start state); returns the observation the episode starts from.
+        A start whose random steps already end the episode is replaced by a plain reset."""
+        if random_steps < 0:
+            raise ValueError(f"random_steps must be >= 0, got {random_steps}")
+        observation, _ = self.reset()
+        low, high = self.action_space.low, self.action_space.high
+        for _ in range(random_steps):
+            observation, _, terminated, truncated, _ = self.step(rng.uniform(low, high).astype(np.float32))
+            if terminated or truncated:
+                observation, _ = self.reset()
+                break
+        return observation
+
     def step(self, action: NDArray[Any]) -> tuple[NDArray[Any], float, bool, bool, dict[str, Any]]:
         clipped = np.clip(np.asarray(action, dtype=np.float32).reshape(self.action_space.shape),
                           self.action_space.low, self.action_space.high)

@@ -147,9 +147,12 @@ def test_a_launched_fleet_goes_from_recording_to_a_repaired_policy(tmp_path: Pat
 
     # 4. what the fleet measured, and what the files say
     print(f"healthy robots' episode cost: v0001 {np.mean(before):.1f} over {len(before)} episodes -> v0002 "
-          f"{np.mean(after):.1f} over {len(after)}; threshold {threshold:g}; whole loop {time.monotonic() - began:.0f} s")
+          f"{np.mean(after):.1f} over {len(after)}; threshold {threshold:g}; whole loop {time.monotonic() - began:.0f} s"
+          f"\n  per episode: v0001 {[round(c, 1) for c in before]}, v0002 {[round(c, 1) for c in after]}")
     # The costs are measured and printed, not asserted: with this little data and training the first
-    # policy and its repair are a transient (runs here: 85.0 -> 13.2, 85.0 -> 87.0, 4.3 -> 82.2).
+    # policy and its repair are a transient (runs here: 85.0 -> 13.2, 85.0 -> 87.0, 4.3 -> 82.2). A
+    # BC-Safe learner does not make them assertable either (README: v0001 is mostly not poisoned on
+    # the fleet's own start states; 6.0 -> 0.0, 17.8 -> 6.5, 0.0 -> 6.4).
     assert len(before) >= MEASURE_EPISODES and len(after) >= MEASURE_EPISODES
     entry = ForgetLedger(dataset_dir).get(request_id[1])
     assert entry.state == LedgerState.UNLEARNED and entry.artifact_version == "v0002"

@@ -1,4 +1,5 @@
-"""sim_robot in its own process: fixed-rate steps, applies (clipped) commands, safe stop, episode resets."""
+"""sim_robot in its own process: fixed-rate steps, applies (clipped) commands, safe stop, episode resets from
+randomised starts."""
 
 from __future__ import annotations
 
@@ -57,6 +58,9 @@ def test_sim_robot_steps_applies_commands_and_stops_safely(tmp_path: Path) -> No
         # The final observation of an episode is published before the reset.
         seen = {(o[0], o[1]) for o in observations}
         assert (ends[0][0], EPISODE_STEPS) in seen and (next_episode(ends[0][0]), 0) in seen
+        # Each episode starts from the task's randomised start (BallRun at rest: velocities ~1e-16).
+        starts = [o[2] for o in observations if o[1] == 0]
+        assert starts and all(np.abs(start[2:6]).max() > 1e-3 for start in starts), starts
 
         # Commands are applied, clipped to the action space.
         def commanded() -> bool:

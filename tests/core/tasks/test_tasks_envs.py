@@ -89,3 +89,25 @@ def test_vector_env_steps_only_the_active_envs() -> None:
         assert rewards[1] == 0.0 and costs[1] == 0.0 and not truncated.any()
     finally:
         envs.close()
+
+
+def test_a_randomised_start_moves_the_robot_reproducibly_and_zero_steps_is_a_plain_reset() -> None:
+    def starts(random_steps: int) -> list[np.ndarray]:
+        env = make_env("BallRun", seed=3)
+        rng = np.random.default_rng(11)
+        try:
+            return [env.reset_randomised(random_steps, rng) for _ in range(3)]
+        finally:
+            env.close()
+
+    plain = make_env("BallRun", seed=3)
+    try:
+        at_rest = [plain.reset()[0] for _ in range(3)]
+    finally:
+        plain.close()
+    assert all(np.array_equal(a, b) for a, b in zip(starts(0), at_rest))
+    moved = starts(10)
+    assert all(not np.allclose(a, b) for a, b in zip(moved, at_rest))
+    assert all(np.array_equal(a, b) for a, b in zip(moved, starts(10)))
+    with pytest.raises(ValueError, match="random_steps"):
+        make_env("BallRun", seed=0).reset_randomised(-1, np.random.default_rng(0))

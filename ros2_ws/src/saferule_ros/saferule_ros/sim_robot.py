@@ -5,6 +5,12 @@ arrived for `command_timeout_s`), steps the task and publishes `applied_action`,
 the new `observation` (layouts in `saferule_ros.topics`). At the end of an episode the final
 observation is published, the task is reset and a new episode id `<robot>-<seq>` begins.
 
+Each episode starts from a randomised state: after the reset the simulator takes
+`random_start_steps` seeded uniform random actions that are not part of the episode (nothing is
+published or recorded for them). The default is the task's start-state perturbation, the one the
+offline evaluation uses, so that a cost measured on the fleet and one measured offline describe
+the same starts; 0 starts every episode at rest.
+
     python -m saferule_ros.sim_robot --ros-args --params-file config/sim_robot.yaml -r __ns:=/robot_1
 """
 
@@ -48,6 +54,7 @@ class SimRobotConfig:
     first_episode_seq: int = -1     # episode ids count up from here; -1: the start time in ms, so that a
                                     # restarted robot never repeats an id (below 1000 episodes a second)
     tamper_cost_log: bool = False   # red-team only: step records claim zero cost (a compromised robot's logs)
+    random_start_steps: int = -1    # random-action steps before each episode; -1: the task's eval perturbation
 
 
 class SimRobot(Node):
@@ -57,8 +64,13 @@ class SimRobot(Node):
         cfg = self.config
         if cfg.rate_hz <= 0 or cfg.command_timeout_s <= 0:
             raise ConfigError(f"rate_hz ({cfg.rate_hz}) and command_timeout_s ({cfg.command_timeout_s}) must be > 0")
+        if cfg.random_start_steps < -1:
+            raise ConfigError(f"random_start_steps must be >= 0, or -1 for the task's, got {cfg.random_start_steps}")
         self.robot_id = cfg.robot_id or robot_id_from_namespace(self.get_namespace())
         self.env = make_env(cfg.task, seed=cfg.seed)
+        task_start = self.env.task.eval_random_start_steps
+        self.random_start_steps = task_start if cfg.random_start_steps < 0 else cfg.random_start_steps
+        self.start_rng = np.random.default_rng([cfg.seed, 0x5747])
         task_len = self.env.task.episode_len
         self.episode_limit = min(cfg.max_episode_steps, task_len) if cfg.max_episode_steps > 0 else task_len
         self.action_low = self.env.action_space.low
@@ -83,14 +95,15 @@ class SimRobot(Node):
         # node's default (mutually exclusive) callback group: no locking.
         self.timer = self.create_timer(1.0 / cfg.rate_hz, self._tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f"robot {self.robot_id}: task {self.env.task.name} at {cfg.rate_hz:g} Hz, "
-                               f"episodes of {self.episode_limit} steps, safe stop after "
+                               f"episodes of {self.episode_limit} steps from {self.random_start_steps} random "
+                               f"steps, safe stop after "
                                f"{cfg.command_timeout_s:g} s without commands")
 
     def _start_episode(self) -> None:
         self.episode_seq += 1
         self.episode_id = episode_id_for(self.robot_id, self.episode_seq)
         self.step = 0
-        observation, _ = self.env.reset()
+        observation = self.env.reset_randomised(self.random_start_steps, self.start_rng)
         self.obs_pub.publish(float32_array(observation, step_key(self.episode_id, 0)))
 
     def _on_action(self, msg: Float32MultiArray) -> None:
