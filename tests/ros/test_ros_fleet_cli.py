@@ -1,5 +1,5 @@
-"""fleet_cli against an unlearning server (whose job is the edge stand-in of
-tests/ros/unlearning_server_double.py) and a real policy_runner, over DDS: output and exit codes."""
+"""fleet_cli against an unlearning server (the real job on a tiny model) and a real policy_runner,
+over DDS: output and exit codes."""
 
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ def test_cli_forget_unlearn_swap_status(tmp_path: Path, capsys: pytest.CaptureFi
         code, out, _ = run_cli(capsys, "unlearn", request_id, "--method", "finetune", "--no-swap", "--wait")
         assert code == 0, out
         lines = out.splitlines()
-        assert any(line.startswith("[ 17%] suppress") for line in lines), out
+        assert any(re.match(r"\[ *\d+%\] finetune", line) for line in lines), out
         assert f"succeeded: unlearned {request_id} with finetune: policy v0002 (parent v0001)" in out
-        assert re.search(r"normalized_cost\s+1\.5\s+0\.4", out), out
+        assert re.search(r"cost_value\s+-?\d[\d.e-]*\s+-?\d[\d.e-]*", out), out   # the metrics table
         assert ledger_entry(files, request_id).state == LedgerState.UNLEARNED
 
         code, out, _ = run_cli(capsys, "swap", "--robot", "cli_robot", "--version", "v0002")

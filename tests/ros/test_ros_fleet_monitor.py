@@ -1,6 +1,6 @@
 """fleet_monitor: episode cost and policy bookkeeping (no ROS); over DDS, the node judging only
-policy-driven episodes, and firing its forget rules against an unlearning server whose job is the
-edge stand-in of tests/ros/unlearning_server_double.py."""
+policy-driven episodes, and firing its forget rules against an unlearning server (the real job on a
+tiny model)."""
 
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ def test_monitor_fires_rules_once_and_forgets_over_dds(tmp_path: Path) -> None:
         assert server.proc.poll() is None
     log = (tmp_path / "monitor.log").read_text()
     assert "rule flag_streak fired for robot_3" in log
-    assert "suppress" in log and "Unlearn forget-" in log
+    assert "finetune" in log and "Unlearn forget-" in log
     assert monitor.proc.returncode == 0, log[-2000:]
 
 

@@ -1,5 +1,5 @@
-"""Forget requests in bursts from several clients at once, over DDS, against the real unlearning server
-(with the stand-in job): every request is answered, none twice, and the ledger holds exactly what
+"""Forget requests in bursts from several clients at once, over DDS, against the real unlearning server:
+every request is answered, none twice, and the ledger holds exactly what
 was accepted. Each client is a node in its own rclpy context (its own DDS participant), as a
 fleet monitor per site would be, with FleetClient's reply queue (ROS's default of 10 loses replies
 when many arrive at once, see fleet_client.REPLY_QUEUE_DEPTH)."""

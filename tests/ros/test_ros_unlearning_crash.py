@@ -26,7 +26,7 @@ from saferule_interfaces.msg import PolicyStatus
 from saferule_ros.fleet_client import FleetClient, spinning_waiter
 from tests.ros.forget_fixtures import ServerFiles, server_files
 from tests.ros.ros_harness import CONFIG_DIR, node_process, probe_node, spin_until
-from tests.ros.unlearning_harness import REAL_MODULE, forget_request, ledger_entry, server_process, unlearn_goal
+from tests.ros.unlearning_harness import forget_request, ledger_entry, server_process, unlearn_goal
 
 pytestmark = pytest.mark.ros
 
@@ -80,7 +80,7 @@ def test_a_server_killed_mid_job_leaves_everything_consistent_and_finishes_after
                    process=runner)
         client = FleetClient(node, spinning_waiter(executor), timeout_s=60.0)
 
-        with server_process(files, tmp_path / "server.log", robots=[ROBOT], module=REAL_MODULE,
+        with server_process(files, tmp_path / "server.log", robots=[ROBOT],
                             env={"SAFERULE_CRASH_AT": stage}, **server_params) as server:
             answer = client.forget(forget_request(robot_ids=["robot_3"]))
             assert answer.accepted, answer.message
@@ -106,7 +106,7 @@ def test_a_server_killed_mid_job_leaves_everything_consistent_and_finishes_after
         assert statuses[-1].active_version == "v0001"             # the previous policy still drives the robot
 
         # a restart finishes the request
-        with server_process(files, tmp_path / "server-restart.log", robots=[ROBOT], module=REAL_MODULE,
+        with server_process(files, tmp_path / "server-restart.log", robots=[ROBOT],
                             **server_params) as restarted:
             spin_until(executor, lambda: ledger_entry(files, answer.request_id).state == LedgerState.UNLEARNED,
                        "the request unlearned after the restart", timeout=180.0, process=restarted)

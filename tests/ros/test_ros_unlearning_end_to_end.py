@@ -24,7 +24,7 @@ from saferule_ros.fleet_client import FleetClient, spinning_waiter
 from saferule_ros.forget_messages import metrics_from_msgs
 from tests.ros.forget_fixtures import server_files
 from tests.ros.ros_harness import CONFIG_DIR, node_process, probe_node, spin_until
-from tests.ros.unlearning_harness import REAL_MODULE, forget_request, ledger_entry, server_process, unlearn_goal
+from tests.ros.unlearning_harness import forget_request, ledger_entry, server_process, unlearn_goal
 
 pytestmark = pytest.mark.ros
 
@@ -56,7 +56,7 @@ def test_real_unlearning_job_over_dds_swaps_the_runner(tmp_path: Path) -> None:
                    "-p", f"verify_key:={files.keys}", "-p", "follow_latest:=false", "-p", "status_period_s:=0.2",
                    "-r", "__ns:=/e2e_robot"]
     with node_process("policy_runner", runner_args, tmp_path / "runner.log") as runner, \
-            server_process(files, tmp_path / "server.log", robots=["e2e_robot"], module=REAL_MODULE,
+            server_process(files, tmp_path / "server.log", robots=["e2e_robot"],
                            unlearn_config_file=config_file) as server, \
             probe_node("e2e_probe") as (node, executor):
         statuses: list[PolicyStatus] = []

@@ -1,4 +1,5 @@
-"""Starting an unlearning server (the real node, with the stand-in or the real job) and talking to it."""
+"""Starting an unlearning server (the real node and the real job, on the tiny model of
+forget_fixtures) and talking to it."""
 
 from __future__ import annotations
 
@@ -17,20 +18,17 @@ from saferule_interfaces.srv import Forget
 from tests.ros.forget_fixtures import ServerFiles
 from tests.ros.ros_harness import REPO_ROOT, NodeProcess
 
-STAND_IN_MODULE = "tests.ros.unlearning_server_double"
-REAL_MODULE = "saferule_ros.unlearning_server"
-
 
 @contextmanager
-def server_process(files: ServerFiles, log: Path, robots: list[str] | None = None, stage_s: float = 0.05,
-                   module: str = STAND_IN_MODULE, env: dict[str, str] | None = None,
-                   **params: object) -> Iterator[NodeProcess]:
-    """An unlearning server process (SIGINT at exit). `stage_s`: the stand-in job's stage length;
-    `env`: extra environment variables."""
-    env = {**os.environ, "SAFERULE_DOUBLE_STAGE_S": str(stage_s), **(env or {})}
+def server_process(files: ServerFiles, log: Path, robots: list[str] | None = None, long_jobs: bool = False,
+                   env: dict[str, str] | None = None, **params: object) -> Iterator[NodeProcess]:
+    """An unlearning server process (SIGINT at exit). `long_jobs`: a retraining runs until it is
+    cancelled, stopped or killed (forget_fixtures.LONG_JOBS); `env`: extra environment variables."""
+    params.setdefault("unlearn_config_file", files.jobs_file(long_jobs))
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", *files.server_args(robots, **params)],
-                                cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "saferule_ros.unlearning_server", "--ros-args",
+                                 *files.server_args(robots, **params)],
+                                cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     handle = NodeProcess(proc, log)
     try:
         yield handle

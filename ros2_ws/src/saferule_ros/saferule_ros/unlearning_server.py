@@ -36,16 +36,17 @@ Crash tests: with the environment variable SAFERULE_CRASH_AT=<stage> the server 
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
@@ -53,18 +54,20 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.node import Node
 
 from saferule_core.artifacts.registry import PolicyRegistry
-from saferule_core.data.forget_requests import ForgetRequests, dataset_path, resolve_dataset_dir
-from saferule_core.data.ledger import ForgetLedger, LedgerEntry, LedgerState
+from saferule_core.data.forget_requests import ForgetRequests, dataset_path
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore
 from saferule_core.errors import ForgetRequestError, SafeRuleError
-from saferule_core.limits import MAX_METHOD_CHARS, MAX_REQUEST_ID_CHARS, check_chars, check_dataset_name, check_request_text
+from saferule_core.limits import check_dataset_name, check_request_text
 from saferule_core.settings_files import load_settings_file
+from saferule_core.unlearning.forget_jobs import INTERRUPTED_POLICIES, ForgetJobs
+from saferule_core.unlearning.job_queue import JobQueue, QueuedJob
+from saferule_core.unlearning.methods import METHOD_NAMES
 from saferule_interfaces.action import Unlearn
 from saferule_interfaces.srv import Forget
 from saferule_ros.fleet_client import FleetClient, event_waiter
 from saferule_ros.forget_messages import metrics_to_msgs, selector_from_msg, selector_is_set
-from saferule_ros.job_queue import AcceptanceOrder, JobQueue, QueuedJob
+from saferule_ros.goal_order import AcceptanceOrder
 from saferule_ros.params import ConfigError, declare_config
 from saferule_ros.spin import run_node
 from saferule_ros.topics import recorder_qos
@@ -72,7 +75,6 @@ from saferule_ros.topics import recorder_qos
 FORGET_SERVICE = "forget"
 UNLEARN_ACTION = "unlearn"
 STATE_FILE = "unlearning_server_state.json"
-INTERRUPTED_POLICIES = ("resume", "fail")
 SWAP_SHARE = 0.9                            # progress fraction of the job proper when swaps follow
 CRASH_AT = os.environ.get("SAFERULE_CRASH_AT", "")   # crash tests only (module docstring)
 # Executor threads: a few for the action, the timer and taking requests, plus one per pending Forget
@@ -102,6 +104,10 @@ class UnlearningServerConfig:
     swap_timeout_s: float = 10.0              # per robot: service discovery + answer
 
 
+if TYPE_CHECKING:   # saferule_core.unlearning.{config,job} import torch: see UnlearningServer.__init__
+    from saferule_core.unlearning.config import UnlearnConfig
+
+
 class RequestRefused(SafeRuleError):
     """A Forget request or Unlearn goal that the server will not carry out (the message says why)."""
 
@@ -110,48 +116,6 @@ class ServerStopping(BaseException):
     """Raised inside a running job (from its should_stop callback) when the server stops. Not an
     Exception, so the job does not record a failure: the request stays `unlearning` and the job
     stays queued, to be resumed at the next start."""
-
-
-if TYPE_CHECKING:   # saferule_core.unlearning imports torch: only at run time, in real_job_api
-    from saferule_core.unlearning.config import UnlearnConfig
-    from saferule_core.unlearning.job import JobPaths, JobResult
-    from saferule_core.unlearning.session import ProgressFn
-
-    RunJob = Callable[[JobPaths, str, str, "UnlearnConfig | None", "ProgressFn | None",
-                       "Callable[[], bool] | None", bool], JobResult]
-    MakePaths = Callable[..., JobPaths]   # keyword arguments: dataset_dir, model_dir, registry_dir, signing_key, work_dir
-
-
-@dataclass(frozen=True)
-class JobApi:
-    """The saferule_core job functions the server calls (saferule_core.unlearning.job; a test double
-    injects its own): `run` is `run_forget_job(paths, request_id, method, config, progress,
-    should_stop, purge)`, `make_paths` builds its `JobPaths`."""
-
-    run: RunJob
-    make_paths: MakePaths
-    methods: tuple[str, ...]
-    make_config: Callable[[dict[str, Any]], UnlearnConfig]
-    check_startable: Callable[[LedgerEntry], None]   # UnlearningError when the request cannot be unlearned
-    # (store, selector, model_dir, reason) -> matched ids; SafeRuleError unless a new request could be unlearned
-    check_new_request: Callable[[DatasetStore, ForgetSelector, Path, str], list[str]]
-
-
-def real_job_api() -> JobApi:
-    """saferule_core.unlearning (imported here: it pulls in torch)."""
-    from saferule_core.data.forget_requests import check_startable
-    from saferule_core.unlearning.config import UnlearnConfig
-    from saferule_core.unlearning.job import JobPaths, check_new_request, run_forget_job
-    from saferule_core.unlearning.methods import METHOD_NAMES
-
-    def make_config(values: dict[str, Any]) -> Any:
-        try:
-            return UnlearnConfig.from_dict(values)
-        except SafeRuleError as err:
-            raise ConfigError(f"unlearn_config_file: {err}") from None
-
-    return JobApi(run=run_forget_job, make_paths=JobPaths, methods=METHOD_NAMES, make_config=make_config,
-                  check_startable=check_startable, check_new_request=check_new_request)
 
 
 @dataclass
@@ -186,11 +150,10 @@ class _Goal:
 
 
 class UnlearningServer(Node):
-    def __init__(self, node_name: str = "unlearning_server", job_api: JobApi | None = None,
-                 **kwargs: object) -> None:
-        # torch is imported before the node joins the graph: a node that others can see is one that
-        # answers, and stops at once when told (a stop signal during the import waits for it)
-        self.api = job_api or real_job_api()
+    def __init__(self, node_name: str = "unlearning_server", **kwargs: object) -> None:
+        # torch loads here, under run_node's stop-signal handling and before the node joins the
+        # graph: a node that others can see is one that answers, and stops at once when told
+        importlib.import_module("saferule_core.unlearning.job")
         super().__init__(node_name, **kwargs)  # type: ignore[arg-type]
         cfg = self.config = declare_config(self, UnlearningServerConfig)
         self._check_config()
@@ -200,6 +163,7 @@ class UnlearningServer(Node):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.unlearn_config = self._load_unlearn_config()
         self.queue = JobQueue(self.work_dir / STATE_FILE, str(Path(cfg.model_dir).expanduser()))
+        self.jobs = ForgetJobs(self.requests, self.queue, cfg.default_method)
         self._forget_thread = ThreadPoolExecutor(1, thread_name_prefix="forget")   # FIFO, one at a time
         self._pending_lock = threading.Lock()
         self._pending_forget = 0                  # taken and not yet answered
@@ -237,8 +201,8 @@ class UnlearningServer(Node):
     # ----- configuration ---------------------------------------------------------------------
     def _check_config(self) -> None:
         cfg = self.config
-        if cfg.default_method not in self.api.methods:
-            raise ConfigError(f"default_method {cfg.default_method!r}: expected one of {', '.join(self.api.methods)}")
+        if cfg.default_method not in METHOD_NAMES:
+            raise ConfigError(f"default_method {cfg.default_method!r}: expected one of {', '.join(METHOD_NAMES)}")
         if cfg.on_interrupted not in INTERRUPTED_POLICIES:
             raise ConfigError(f"on_interrupted {cfg.on_interrupted!r}: expected one of {', '.join(INTERRUPTED_POLICIES)}")
         for name in ("max_selector_entries", "max_queued", "request_queue_depth", "max_pending_forget"):
@@ -272,15 +236,14 @@ class UnlearningServer(Node):
         except SafeRuleError as err:
             self.get_logger().warning(f"default dataset: {err}")
 
-    def _load_unlearn_config(self) -> Any:
+    def _load_unlearn_config(self) -> UnlearnConfig:
+        from saferule_core.unlearning.config import UnlearnConfig
+
         path = self.config.unlearn_config_file
-        if not path:
-            return self.api.make_config({})
         try:
-            values = load_settings_file(path, "UnlearnConfig settings")
+            return UnlearnConfig.from_dict(load_settings_file(path, "UnlearnConfig settings") if path else {})
         except SafeRuleError as err:
             raise ConfigError(f"unlearn_config_file: {err}") from None
-        return self.api.make_config(values)
 
     # ----- datasets and ledgers --------------------------------------------------------------
     def _warn_throttled(self, message: str) -> None:
@@ -288,10 +251,6 @@ class UnlearningServer(Node):
 
     def dataset_dir(self, name: str) -> Path:
         return self.requests.dataset_dir(name)
-
-    def ledger(self, dataset_dir: Path) -> ForgetLedger:
-        """The server's ledger instance of a dataset (kept, so that it reads only what was appended)."""
-        return self.requests.ledger(dataset_dir)
 
     # ----- Forget ------------------------------------------------------------------------------
     def _on_forget(self, request: Forget.Request, response: Forget.Response) -> Forget.Response:
@@ -348,7 +307,7 @@ class UnlearningServer(Node):
                                 f"{len(response.matched_episode_ids)} episodes ({response.matched_transitions} "
                                 f"transitions) of {label}; nothing recorded")
             return
-        entry = self.record_request(dataset_dir, selector, request.requester, request.reason)
+        entry = self.requests.record(dataset_dir, selector, request.requester, request.reason)
         response.accepted = True
         response.request_id = entry.request_id
         response.matched_episode_ids = list(entry.matched_episode_ids)
@@ -364,13 +323,6 @@ class UnlearningServer(Node):
         registry = PolicyRegistry(Path(self.config.registry_dir).expanduser())
         return registry.deployed_model_dir(Path(self.queue.current_model_dir))
 
-    def record_request(self, dataset_dir: Path, selector: ForgetSelector, requester: str, reason: str,
-                       model_dir: Path | None = None) -> LedgerEntry:
-        """Record and quarantine a new request; with `model_dir`, only if a job on that model could
-        start on it (the Unlearn goal's selector path: nothing is recorded for a goal refused later)."""
-        admit = None if model_dir is None else (
-            lambda store, chosen: self.api.check_new_request(store, chosen, model_dir, reason))
-        return self.requests.record(dataset_dir, selector, requester, reason, admit)
 
     # ----- Unlearn: admission ------------------------------------------------------------------
     def _on_goal(self, goal: Unlearn.Goal) -> GoalResponse:
@@ -400,36 +352,27 @@ class UnlearningServer(Node):
 
     def _admit(self, pending: _Goal) -> None:
         goal: Unlearn.Goal = pending.handle.request
-        check_chars("method", goal.method, MAX_METHOD_CHARS, RequestRefused)
-        check_chars("request_id", goal.request_id, MAX_REQUEST_ID_CHARS, RequestRefused)
-        method = goal.method.strip() or self.config.default_method
-        if method not in self.api.methods:
-            raise RequestRefused(f"unknown method {method!r}; methods: {', '.join(self.api.methods)}")
-        request_id = goal.request_id.strip()
-        has_selector = selector_is_set(goal.selector)
+        request_id, has_selector = goal.request_id.strip(), selector_is_set(goal.selector)
         if request_id and has_selector:
             raise RequestRefused("name either a request_id or a selector, not both")
         if not request_id and not has_selector:
             raise RequestRefused("name the request to unlearn: a request_id (from Forget) or a selector")
+        swap, goal_id = bool(goal.swap_on_success), bytes(pending.handle.goal_id.uuid).hex()
         if has_selector:
+            from saferule_core.unlearning.job import check_new_request
+
             check_request_text(goal.requester, goal.reason, RequestRefused)
             selector = selector_from_msg(goal.selector, self.config.max_selector_entries)
-            dataset_dir = self.dataset_dir("")
-            entry = self.record_request(dataset_dir, selector, goal.requester, goal.reason,
-                                        model_dir=self.deployed_model_dir())
+            model_dir = self.deployed_model_dir()
+            admitted = self.jobs.admit_new(
+                self.dataset_dir(""), selector, goal.requester, goal.reason, goal.method, swap,
+                lambda store, chosen: check_new_request(store, chosen, model_dir, goal.reason), goal_id)
         else:
-            dataset_dir, entry = self.requests.find(request_id)
-            if self.queue.running() == request_id:
-                raise RequestRefused(f"request {request_id} is already being unlearned")
-            position = self.queue.position(request_id)
-            if position is not None:
-                raise RequestRefused(f"request {request_id} is already queued ({position} jobs ahead of it)")
-            self.api.check_startable(entry)
-        pending.request_id = entry.request_id
-        self.queue.add(QueuedJob(entry.request_id, self.requests.relative(dataset_dir), method, bool(goal.swap_on_success),
-                                 time.time(), bytes(pending.handle.goal_id.uuid).hex()))
-        self.get_logger().info(f"queued {entry.request_id} ({method}, {entry.matched_episodes} episodes, state "
-                               f"{entry.state.value}); {len(self.queue.jobs())} jobs in the queue")
+            admitted = self.jobs.admit(request_id, goal.method, swap, goal_id)
+        pending.request_id = admitted.entry.request_id
+        self.get_logger().info(f"queued {admitted.entry.request_id} ({admitted.job.method}, "
+                               f"{admitted.entry.matched_episodes} episodes, state {admitted.entry.state.value}); "
+                               f"{len(self.queue.jobs())} jobs in the queue")
 
     def _goal_of(self, job: QueuedJob) -> _Goal | None:
         """The live goal that queued `job`; None for a job queued before a restart."""
@@ -530,7 +473,7 @@ class UnlearningServer(Node):
                 raise ServerStopping
             return goal is not None and goal.handle.is_cancel_requested
 
-        finished = self._unlearned_version(job)
+        finished = self.jobs.unlearned_version(job)
         if finished is not None:   # published and recorded before the server stopped; only its swap was cut short
             message = f"{job.request_id} was unlearned as {finished} before a restart"
             if swap:
@@ -539,12 +482,14 @@ class UnlearningServer(Node):
             self.get_logger().info(message)
             return JobOutcome(True, message, finished, wall_time_s=time.monotonic() - began)
         self.get_logger().info(f"unlearning {job.request_id} with {job.method} (dataset {job.dataset})")
+        from saferule_core.unlearning.job import JobPaths, run_forget_job
+
         try:
-            paths = self.api.make_paths(
-                dataset_dir=resolve_dataset_dir(self.data_root, job.dataset),
+            paths = JobPaths(
+                dataset_dir=self.jobs.dataset_dir(job),
                 model_dir=self.deployed_model_dir(), registry_dir=Path(cfg.registry_dir).expanduser(),
                 signing_key=Path(cfg.signing_key).expanduser(), work_dir=self.work_dir)
-            result = self.api.run(paths, job.request_id, job.method, self.unlearn_config, progress, should_stop,
+            result = run_forget_job(paths, job.request_id, job.method, self.unlearn_config, progress, should_stop,
                                   cfg.purge_after_unlearn)
         except ServerStopping:
             return self._failed(job, "the server stopped during the job", began, interrupted=True)
@@ -564,15 +509,6 @@ class UnlearningServer(Node):
         self.get_logger().info(message)
         return JobOutcome(True, message, result.new_version, result.parent_version or "", dict(result.metrics_before),
                           dict(result.metrics_after), time.monotonic() - began, model_dir=str(result.model_dir))
-
-    def _unlearned_version(self, job: QueuedJob) -> str | None:
-        """The version a queued job's request was already unlearned as (its swap was cut short), else None."""
-        try:
-            entry = self.ledger(resolve_dataset_dir(self.data_root, job.dataset)).get(job.request_id)
-        except SafeRuleError:
-            return None   # the job itself reports what is wrong
-        done = entry.state in (LedgerState.UNLEARNED, LedgerState.PURGED)
-        return entry.artifact_version if done and entry.artifact_version else None
 
     def _failed(self, job: QueuedJob, message: str, began: float, cancelled: bool = False,
                 interrupted: bool = False) -> JobOutcome:
@@ -599,37 +535,15 @@ class UnlearningServer(Node):
     # ----- start-up and shutdown -------------------------------------------------------------
     def _recover(self) -> None:
         """Jobs left in the state file: waiting ones stay; interrupted ones resume or fail."""
-        for job in self.queue.jobs():
-            try:
-                dataset_dir = resolve_dataset_dir(self.data_root, job.dataset)
-                ledger = self.ledger(dataset_dir)
-                entry = ledger.get(job.request_id)
-            except SafeRuleError as err:
-                self.get_logger().error(f"dropping queued {job.request_id}: {err}")
-                self.queue.finish(job.request_id)
-                continue
-            if entry.state in (LedgerState.UNLEARNED, LedgerState.PURGED):
-                if job.swap_on_success and self.config.robots:
-                    self.get_logger().warning(f"{job.request_id} was unlearned as {entry.artifact_version}, but its "
-                                              f"swap was cut short; swapping now")
-                    continue
-                self.get_logger().info(f"{job.request_id} already {entry.state.value}; removed from the queue")
-                self.queue.finish(job.request_id)
-            elif entry.state == LedgerState.FAILED:
-                self.get_logger().warning(f"{job.request_id} failed before the restart ({entry.error}); removed "
-                                          f"from the queue")
-                self.queue.finish(job.request_id)
-            elif entry.state == LedgerState.UNLEARNING:
-                if self.config.on_interrupted == "resume":
-                    self.get_logger().warning(f"{job.request_id} was interrupted mid-job; resuming it")
-                    continue
-                ledger.transition(job.request_id, LedgerState.FAILED,
-                                  error="interrupted: the unlearning server stopped during the job; "
-                                        "the previous policy stays active")
-                self.get_logger().warning(f"{job.request_id} was interrupted; marked failed (on_interrupted: fail)")
-                self.queue.finish(job.request_id)
+        log = self.get_logger()
+        for found in self.jobs.recover(self.config.on_interrupted, swaps=bool(self.config.robots)):
+            # one call site per severity: rclpy refuses a call site that changes its severity
+            if found.level == "error":
+                log.error(found.message)
+            elif found.level == "warning":
+                log.warning(found.message)
             else:
-                self.get_logger().info(f"{job.request_id} is still queued ({entry.state.value})")
+                log.info(found.message)
 
     def close(self) -> None:
         self._forget_thread.shutdown(wait=True, cancel_futures=True)
@@ -647,12 +561,11 @@ class UnlearningServer(Node):
                                f"{len(self.queue.jobs())} still queued")
 
 
-def main(args: Sequence[str] | None = None, job_api: JobApi | None = None) -> int:
-    def make_node() -> UnlearningServer:
-        return UnlearningServer(job_api=job_api)
+def main(args: Sequence[str] | None = None) -> int:
+    def unlearning_server() -> UnlearningServer:   # run_node names the process's errors after it
+        return UnlearningServer()
 
-    make_node.__name__ = "unlearning_server"
-    return run_node(make_node, args, threads=BASE_THREADS + MAX_PENDING_FORGET_BOUND)
+    return run_node(unlearning_server, args, threads=BASE_THREADS + MAX_PENDING_FORGET_BOUND)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from saferule_ros.job_queue import AcceptanceOrder
+from saferule_ros.goal_order import AcceptanceOrder
 
 
 def test_goals_are_admitted_in_the_order_they_were_accepted_even_when_callbacks_run_out_of_order() -> None:
