@@ -150,12 +150,11 @@ def _export_hdf5(args: argparse.Namespace) -> int:
 
 def _select(args: argparse.Namespace) -> int:
     store = DatasetStore.open(args.path)
-    mask = selector_from_args(args).select(store)
-    matched = [(ep, int(length)) for ep, length, m in zip(store.episodes, store.episode_lengths, mask) if m]
-    transitions = sum(length for _, length in matched)
+    found = selector_from_args(args).match(store)
+    matched = [(ep, int(length)) for ep, length, m in zip(store.episodes, store.episode_lengths, found.mask) if m]
+    transitions = found.transitions
     if args.json:
-        print(json.dumps({"matched_episode_ids": [ep.episode_id for ep, _ in matched],
-                          "matched_transitions": transitions}))
+        print(json.dumps({"matched_episode_ids": found.episode_ids, "matched_transitions": transitions}))
         return 0
     quarantined = set(store.quarantined_ids())
     rows = [("episode", "robot", "bag", "start (UTC)", "length")]

@@ -154,10 +154,8 @@ class ForgetRequests:
 
     # ----- requests ----------------------------------------------------------------------------
     def preview(self, dataset_dir: Path, selector: ForgetSelector) -> Preview:
-        store = DatasetStore.open(dataset_dir)
-        mask = selector.select(store)
-        return Preview([ep.episode_id for ep, hit in zip(store.episodes, mask) if hit],
-                       int(store.episode_lengths[mask].sum()))
+        found = selector.match(DatasetStore.open(dataset_dir))
+        return Preview(found.episode_ids, found.transitions)
 
     def record(self, dataset_dir: Path, selector: ForgetSelector, requester: str, reason: str,
                admit: Admission | None = None) -> LedgerEntry:

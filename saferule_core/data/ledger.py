@@ -40,8 +40,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from saferule_core.data.selectors import ForgetSelector
 from saferule_core.data.store import DatasetStore, DeletionReport
 from saferule_core.errors import LedgerError, SafeRuleError
@@ -380,12 +378,11 @@ def request_forget(store: DatasetStore, selector: ForgetSelector, requester: str
     The request is durable before the quarantine starts; the entry returned is `quarantined`.
     """
     ledger = ledger or ForgetLedger(store.path)
-    mask = selector.select(store)
-    ids = [ep.episode_id for ep, m in zip(store.episodes, mask) if m]
-    entry = ledger.record_request(selector, ids, int(np.asarray(store.episode_lengths)[mask].sum()),
-                                  store.dataset_hash, requester=requester, reason=reason)
+    found = selector.match(store)
+    entry = ledger.record_request(selector, found.episode_ids, found.transitions, store.dataset_hash,
+                                  requester=requester, reason=reason)
     try:
-        store.quarantine(ids)
+        store.quarantine(found.episode_ids)
     except SafeRuleError as err:
         ledger.transition(entry.request_id, LedgerState.FAILED, error=f"quarantine failed: {err}")
         raise

@@ -31,6 +31,23 @@ class HasEpisodes(Protocol):
 EpisodeSource = HasEpisodes | Sequence[EpisodeInfo]
 
 
+class EpisodeTable(Protocol):
+    """An OfflineDataset or a DatasetStore: episodes and their lengths in transitions."""
+
+    episodes: list[EpisodeInfo]
+    episode_lengths: NDArray[Any]
+
+
+@dataclass(frozen=True)
+class SelectorMatch:
+    """What a selector matches in a dataset: the episode mask, the episodes' ids (in dataset order)
+    and their number of transitions."""
+
+    mask: NDArray[Any]
+    episode_ids: list[str]
+    transitions: int
+
+
 def episodes_of(source: EpisodeSource) -> Sequence[EpisodeInfo]:
     """The episode list of an OfflineDataset, a DatasetStore, or a plain list of EpisodeInfo."""
     episodes = getattr(source, "episodes", source)
@@ -113,6 +130,13 @@ class ForgetSelector:
         if require_match and not mask.any():
             raise SelectorError(f"the selector ({self.describe()}) matches none of the {len(episodes)} episodes")
         return mask
+
+    def match(self, source: EpisodeTable) -> SelectorMatch:
+        """`select` (a match is required) with the matched ids and transition count: the one place
+        a forget request's preview, its ledger record and its admission check count what it names."""
+        mask = self.select(source)
+        ids = [ep.episode_id for ep, hit in zip(source.episodes, mask) if hit]
+        return SelectorMatch(mask, ids, int(np.asarray(source.episode_lengths)[mask].sum()))
 
     def describe(self) -> str:
         parts = [f"{name}=[{_shorten(list(getattr(self, name)), 3)}]" for name in _LIST_FIELDS if getattr(self, name)]

@@ -132,8 +132,7 @@ def check_new_request(store: DatasetStore, selector: ForgetSelector, model_dir: 
     model whose spaces and task match the dataset. Returns the matched episode ids."""
     if not reason.strip():
         raise UnlearningError("a new forget request needs a reason (it is kept in the ledger)")
-    mask = selector.select(store)                # SelectorError when it matches nothing
-    ids = [ep.episode_id for ep, matched in zip(store.episodes, mask) if matched]
+    ids = selector.match(store).episode_ids      # SelectorError when it matches nothing
     check_model_header(model_dir, store)
     check_forget_ids(store, ids, "(new)")
     return ids

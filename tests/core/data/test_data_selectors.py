@@ -51,6 +51,19 @@ def test_selects_from_episode_lists_and_stores(tmp_path: Path, small_dataset: Of
         selector.select(5)  # type: ignore[arg-type]
 
 
+def test_a_match_names_the_episodes_and_counts_their_transitions_in_datasets_and_stores(
+        tmp_path: Path, small_dataset: OfflineDataset) -> None:
+    selector = ForgetSelector(robot_ids=("robot-1",))
+    store = DatasetStore.create(tmp_path / "ds", small_dataset)
+    for source in (small_dataset, store):
+        found = selector.match(source)
+        assert found.episode_ids == ["ep-001", "ep-004", "ep-007", "ep-010"]
+        assert found.transitions == int(small_dataset.episode_lengths[[1, 4, 7, 10]].sum())
+        assert np.flatnonzero(found.mask).tolist() == [1, 4, 7, 10]
+    with pytest.raises(SelectorError, match="matches none"):
+        ForgetSelector(robot_ids=("robot-9",)).match(store)
+
+
 def test_empty_selector_is_refused() -> None:
     with pytest.raises(SelectorError, match="sets no field"):
         ForgetSelector()
