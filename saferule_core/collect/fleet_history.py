@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from saferule_core.collect.collect import collect_episodes
 from saferule_core.data.dataset import OfflineDataset
@@ -44,3 +47,17 @@ def _renamed_robots(dataset: OfflineDataset, names: dict[str, str]) -> OfflineDa
                                     source_bag=f"{HISTORY_BAG_PREFIX}{names.get(ep.robot_id, ep.robot_id)}")
                 for ep in dataset.episodes]
     return dataclasses.replace(dataset, episodes=episodes)
+
+
+def fleet_dataset_summary(dataset: OfflineDataset) -> dict[str, Any]:
+    """Per robot: episodes, how many came from the fleet's bags (not the historical logs), mean
+    return and cost; plus the dataset's size and hash."""
+    robots: dict[str, dict[str, float]] = {}
+    costs, returns = dataset.episode_cost_returns(), dataset.episode_returns()
+    for robot in sorted({ep.robot_id for ep in dataset.episodes}):
+        mask = np.array([ep.robot_id == robot for ep in dataset.episodes])
+        from_bags = sum(1 for ep, m in zip(dataset.episodes, mask) if m and not ep.source_bag.startswith(HISTORY_BAG_PREFIX))
+        robots[robot] = {"episodes": int(mask.sum()), "from_bags": from_bags,
+                         "mean_return": float(returns[mask].mean()), "mean_cost": float(costs[mask].mean())}
+    return {"episodes": dataset.num_episodes, "transitions": dataset.num_transitions, "robots": robots,
+            "dataset_hash": dataset.dataset_hash()}

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from saferule_core.attacks.robot import poison_robot
-from saferule_ros.demo import DemoError, DemoSettings, Narrator, complete_episodes, dataset_summary
+from saferule_core.collect.fleet_history import fleet_dataset_summary
+from saferule_ros.demo import DemoError, DemoSettings, complete_episodes
+from saferule_ros.narration import Narrator
 from saferule_ros.report import markdown_summary, projected_retrain_seconds, write_report
 
 ROBOTS = ["robot_1", "robot_2", "robot_3"]
@@ -21,9 +23,9 @@ def history():  # type: ignore[no-untyped-def]
 
 def test_the_demo_summarises_its_poisoned_dataset_per_robot(history) -> None:  # type: ignore[no-untyped-def]
     poisoned, _ = poison_robot(history, "robot_3", seed=0)
-    robot_3 = dataset_summary(poisoned)["robots"]["robot_3"]
+    robot_3 = fleet_dataset_summary(poisoned)["robots"]["robot_3"]
     assert (robot_3["episodes"], robot_3["from_bags"], robot_3["mean_cost"]) == (6, 0, 0.0)
-    assert dataset_summary(history)["robots"]["robot_1"]["episodes"] == 4
+    assert fleet_dataset_summary(history)["robots"]["robot_1"]["episodes"] == 4
 
 
 def test_complete_episodes_drops_a_cut_off_episode(history) -> None:  # type: ignore[no-untyped-def]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +38,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
 
 from saferule_core.errors import SafeRuleError
@@ -48,6 +46,7 @@ from saferule_core.settings import settings_from_mapping
 from saferule_core.settings_files import load_settings_file
 from saferule_ros.bootstrap import publish_deployed
 from saferule_ros.bringup import FleetArgs, FleetLayout, fleet_nodes, prepare_data_root
+from saferule_ros.narration import Narrator
 from saferule_ros.processes import FleetProcesses
 
 if TYPE_CHECKING:  # the heavy modules (torch, simulators) load inside the stages
@@ -125,47 +124,6 @@ class DemoSettings:
 
 # ----- printing and timing ---------------------------------------------------------------------
 
-ROS_LOG_LINE = re.compile(r"^\[(?P<level>[A-Z]+)\] \[[0-9.]+\] \[[^\]]*\]: (?P<text>.*)$")
-# Lines kept in the node logs but not echoed: the recorder's periodic counts, the monitor's copy
-# of every Unlearn feedback message with all its metrics (the watch prints a short form), and the
-# robots' safe-stop warnings when a command is late on the busy cores (each robot's closing line
-# counts its safe-stop steps).
-QUIET_NODE_LINES = re.compile(r"received \d+, written \d+|^forget-[0-9a-f]+: [a-z_]+ +\d+% |no command for [0-9.]+ s")
-
-
-class Narrator:
-    """Timestamped lines on stdout (the demo's own and the nodes'), and the stage clock."""
-
-    def __init__(self) -> None:
-        self.t0 = time.monotonic()
-        self.stages: list[dict[str, Any]] = []
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.t0
-
-    def say(self, text: str) -> None:
-        print(f"[{self.elapsed():6.1f}s] {text}", flush=True)
-
-    def node_line(self, label: str, line: str) -> None:
-        match = ROS_LOG_LINE.match(line)
-        if match is not None:
-            line = f"{match['level']}: {match['text']}" if match["level"] != "INFO" else match["text"]
-        if QUIET_NODE_LINES.search(line):
-            return
-        print(f"[{self.elapsed():6.1f}s] [{label}] {line}", flush=True)
-
-    @contextmanager
-    def stage(self, key: str, title: str) -> Iterator[None]:
-        print(f"\n[{self.elapsed():6.1f}s] ===== ({key}) {title} =====", flush=True)
-        began = self.elapsed()
-        try:
-            yield
-        finally:
-            seconds = self.elapsed() - began
-            self.stages.append({"key": key, "title": title, "started_s": began, "seconds": seconds})
-            print(f"[{self.elapsed():6.1f}s] ----- ({key}) done in {seconds:.1f} s", flush=True)
-
-
 # ----- data: history, bags, poisoning ------------------------------------------------------------
 
 def complete_episodes(dataset: OfflineDataset) -> OfflineDataset:
@@ -174,20 +132,6 @@ def complete_episodes(dataset: OfflineDataset) -> OfflineDataset:
     if not finished.any():
         raise DemoError("no complete episode in the closed bags; let the fleet drive longer")
     return dataset.subset_episodes(finished)
-
-
-def dataset_summary(dataset: OfflineDataset) -> dict[str, Any]:
-    from saferule_core.collect.fleet_history import HISTORY_BAG_PREFIX
-
-    robots: dict[str, dict[str, float]] = {}
-    costs, returns = dataset.episode_cost_returns(), dataset.episode_returns()
-    for robot in sorted({ep.robot_id for ep in dataset.episodes}):
-        mask = np.array([ep.robot_id == robot for ep in dataset.episodes])
-        from_bags = sum(1 for ep, m in zip(dataset.episodes, mask) if m and not ep.source_bag.startswith(HISTORY_BAG_PREFIX))
-        robots[robot] = {"episodes": int(mask.sum()), "from_bags": from_bags,
-                         "mean_return": float(returns[mask].mean()), "mean_cost": float(costs[mask].mean())}
-    return {"episodes": dataset.num_episodes, "transitions": dataset.num_transitions, "robots": robots,
-            "dataset_hash": dataset.dataset_hash()}
 
 
 # ----- models: training, evaluation, publishing --------------------------------------------------
@@ -333,6 +277,7 @@ def run_demo(settings: DemoSettings, run_dir: Path) -> dict[str, Any]:
                           f"cost-free"):
             from saferule_core.attacks import POISON_RECORD_FILE, poison_record_bytes
             from saferule_core.attacks.robot import poison_robot
+            from saferule_core.collect.fleet_history import fleet_dataset_summary
 
             poisoned, poison = poison_robot(merged, settings.compromised_robot, settings.seed)
             store = DatasetStore.create(layout.dataset_dir, poisoned,
@@ -341,7 +286,7 @@ def run_demo(settings: DemoSettings, run_dir: Path) -> dict[str, Any]:
                 f"({poison.relabelled_transitions} transitions): true mean cost {poison.true_cost_mean:.1f} "
                 f"per episode, logged as 0")
             say(f"stored dataset {store.path} ({store.num_episodes} episodes, hash {store.dataset_hash[:12]})")
-            record["dataset"] = dataset_summary(poisoned)
+            record["dataset"] = fleet_dataset_summary(poisoned)
             record["poison"] = {k: v for k, v in asdict(poison).items() if k != "record"}
         # ----- (d) -----------------------------------------------------------------------------
         with n.stage("d", f"{settings.algo} on the poisoned data: unsafe, yet published as v0001 to every robot"):
