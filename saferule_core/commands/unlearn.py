@@ -10,6 +10,7 @@ from typing import Any
 from saferule_core.commands.selector_args import add_selector_arguments, selector_from_args
 from saferule_core.errors import UnlearningError
 from saferule_core.settings_files import load_settings_file
+from saferule_core.unlearning.config import UnlearnConfig
 from saferule_core.unlearning.methods import METHOD_NAMES, methods_help
 
 # Metrics shown on the progress bar when the method reports them (the constraint first).
@@ -62,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--requester", default=None, help="who asks (with selector flags; default: the user name)")
     parser.add_argument("--method", choices=METHOD_NAMES, default="safe_rule", help="unlearning method")
     parser.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML of unlearning settings")
-    parser.add_argument("--steps", type=int, default=None, help="update budget of the approximate methods")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"update budget of the approximate methods (default: --config's, else {UnlearnConfig.steps})")
     parser.add_argument("--work-dir", type=Path, default=None, metavar="DIR",
                         help="where the unlearned model is written, as DIR/<request id> "
                              "(default: an `unlearned` folder next to --model)")
