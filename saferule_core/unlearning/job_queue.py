@@ -61,7 +61,7 @@ class JobQueue:
         try:
             jobs = [QueuedJob(**{k: v for k, v in raw.items() if k in known}) for raw in state["jobs"]]
             base, current = str(state["base_model_dir"]), str(state["current_model_dir"])
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, AttributeError) as err:
             raise StateFileError(f"{self.path}: malformed job list or model entry ({err})") from None
         self._jobs = jobs
         # A new base model_dir (the operator deployed another model) restarts the model lineage.

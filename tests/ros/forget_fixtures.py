@@ -3,6 +3,7 @@ a tiny trained model whose export is v0001, so that the server runs the real unl
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -100,7 +101,9 @@ def trained_model() -> Path:
         from saferule_core.algos.trainer import TrainConfig, fit
 
         torch.set_num_threads(1)
-        model_dir = Path(tempfile.mkdtemp(prefix="saferule-tiny-model-")) / "model"
+        scratch = Path(tempfile.mkdtemp(prefix="saferule-tiny-model-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        model_dir = scratch / "model"
         fit("bcq_lag", fleet_dataset(), model_dir,
             TrainConfig(steps=30, batch_size=64, num_threads=1, checkpoint_every=0, progress=False), TINY_BCQ_LAG)
         _TRAINED["model"] = model_dir

@@ -24,13 +24,12 @@ from saferule_core.data.ledger import LedgerState
 from saferule_core.data.store import DatasetStore
 from saferule_interfaces.msg import PolicyStatus
 from saferule_ros.fleet_client import FleetClient, spinning_waiter
-from tests.ros.forget_fixtures import ServerFiles, server_files
+from tests.ros.forget_fixtures import TINY_BCQ_LAG, ServerFiles, server_files
 from tests.ros.ros_harness import CONFIG_DIR, node_process, probe_node, spin_until
 from tests.ros.unlearning_harness import forget_request, ledger_entry, server_process, unlearn_goal
 
 pytestmark = pytest.mark.ros
 
-TINY_BCQ_LAG = {"actor_hidden": [32, 32], "critic_hidden": [32, 32], "vae_hidden": 32}
 UNLEARN = {"steps": 20, "batch_size": 32, "forget_batch_size": 16, "num_threads": 1, "log_every": 5,
            "safe_rule": {"select_every": 5, "repair_fraction": 0.3}}
 ROBOT = "crash_robot"

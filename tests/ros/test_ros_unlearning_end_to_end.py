@@ -22,13 +22,11 @@ from saferule_interfaces.action import Unlearn
 from saferule_interfaces.msg import PolicyStatus
 from saferule_ros.fleet_client import FleetClient, spinning_waiter
 from saferule_ros.forget_messages import metrics_from_msgs
-from tests.ros.forget_fixtures import server_files
+from tests.ros.forget_fixtures import TINY_BCQ_LAG, server_files
 from tests.ros.ros_harness import CONFIG_DIR, node_process, probe_node, spin_until
 from tests.ros.unlearning_harness import forget_request, ledger_entry, server_process, unlearn_goal
 
 pytestmark = pytest.mark.ros
-
-TINY_BCQ_LAG = {"actor_hidden": [32, 32], "critic_hidden": [32, 32], "vae_hidden": 32}
 
 
 def test_real_unlearning_job_over_dds_swaps_the_runner(tmp_path: Path) -> None:

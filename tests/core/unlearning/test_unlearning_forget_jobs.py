@@ -44,7 +44,9 @@ def test_the_queue_keeps_its_order_and_model_lineage_across_a_reopen(tmp_path: P
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "other", "version": 1}),
                                      json.dumps({"format": "saferule-unlearning-server-state", "version": 1,
                                                  "jobs": [{"request_id": "a"}], "base_model_dir": "m",
-                                                 "current_model_dir": "m"})])
+                                                 "current_model_dir": "m"}),
+                                     json.dumps({"format": "saferule-unlearning-server-state", "version": 1,
+                                                 "jobs": [1], "base_model_dir": "m", "current_model_dir": "m"})])
 def test_a_damaged_state_file_is_one_clear_error(tmp_path: Path, content: str) -> None:
     state = tmp_path / "state.json"
     state.write_text(content)

@@ -323,7 +323,6 @@ class UnlearningServer(Node):
         registry = PolicyRegistry(Path(self.config.registry_dir).expanduser())
         return registry.deployed_model_dir(Path(self.queue.current_model_dir))
 
-
     # ----- Unlearn: admission ------------------------------------------------------------------
     def _on_goal(self, goal: Unlearn.Goal) -> GoalResponse:
         if len(self.queue.jobs()) >= self.config.max_queued:
